@@ -1,0 +1,54 @@
+// The `otpgate` command line. Exit status: 0 ok; 2 bad config or usage; 1 other failure.
+// Errors go to stderr, one line each, never a stack trace.
+import { Command, CommanderError } from 'commander';
+import { demo } from './demo.js';
+import { VERSION } from './logger.js';
+import { CliError, checkConfig, configFileFrom, serve } from './serve.js';
+
+function fail(err: unknown): never {
+  if (err instanceof CliError) {
+    process.stderr.write(`${err.message}\n`);
+    process.exit(err.exitCode);
+  }
+  process.stderr.write(`otpgate: ${(err as Error).message ?? String(err)}\n`);
+  process.exit(1);
+}
+
+export async function main(argv: readonly string[]): Promise<void> {
+  const program = new Command('otpgate')
+    .description('PIN+OTP Basic-auth reverse proxy on the mod_authn_otp users file')
+    .version(VERSION)
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  program.command('serve')
+    .description('run the gateway')
+    .option('-c, --config <file>', 'config file (default: $OTPGATE_CONFIG, then /etc/otpgate/otpgate.yaml)')
+    .action(async (opts: { config?: string }) => {
+      await serve(configFileFrom(opts.config));
+    });
+
+  program.command('demo')
+    .description('a demo helpdesk with the gateway in front of it, on 127.0.0.1 (what npm start runs)')
+    .action(async () => {
+      await demo();
+    });
+
+  program.command('check-config')
+    .description('validate the config and its users file; print every problem; exit non-zero on any')
+    .option('-c, --config <file>', 'config file (default: $OTPGATE_CONFIG, then /etc/otpgate/otpgate.yaml)')
+    .action((opts: { config?: string }) => {
+      const { ok, lines } = checkConfig(configFileFrom(opts.config));
+      (ok ? process.stdout : process.stderr).write(`${lines.join('\n')}\n`);
+      process.exitCode = ok ? 0 : 2;
+    });
+
+  try {
+    await program.parseAsync(argv as string[]);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      process.exit(err.exitCode === 0 ? 0 : 2);
+    }
+    fail(err);
+  }
+}

@@ -1,0 +1,158 @@
+// Configuration: YAML, validated in full before anything starts; every problem
+// is reported at once, each as one line naming the file and the key.
+import { readFileSync } from 'node:fs';
+import { BlockList, isIP } from 'node:net';
+import { dirname, resolve } from 'node:path';
+import { parseDocument } from 'yaml';
+import { z } from 'zod';
+import { UNFIT_FOR_IDENTITY, isValidHeaderName, normalizedHeaderName } from './headers.js';
+
+const seconds = (min: number) => z.number({ error: 'expected a number of seconds' }).int('expected whole seconds').min(min);
+const path = z.string({ error: 'expected a file path' }).min(1, 'expected a file path');
+const urlPath = z.string().regex(/^\/[!-~]*$/, 'expected a path starting with "/" (printable ASCII, no spaces)');
+
+const schema = z.strictObject({
+  listen: z.string().default('127.0.0.1:8080'),
+  upstream: z.string({ error: 'required: the backend base URL, e.g. http://127.0.0.1:8081' }),
+  usersFile: path.optional(),
+  realm: z.string().regex(/^[ !#-~]{1,100}$/, 'expected 1-100 printable ASCII characters without "').default('Helpdesk'),
+  maxOffset: z.number().int('expected a whole number').min(0).max(100).default(4),
+  maxLinger: seconds(0).default(600),
+  maxIdle: seconds(1).optional(),
+  logoutOnIpChange: z.boolean().default(false),
+  maxFailures: z.number().int('expected a whole number').min(0).default(5),
+  lockoutSeconds: seconds(0).default(300),
+  upstreamTimeout: z.number().positive().max(86400).default(60),
+  identityHeader: z.string().refine(isValidHeaderName, 'expected an HTTP header name')
+    .refine((h) => !UNFIT_FOR_IDENTITY.has(normalizedHeaderName(h)), 'this header cannot carry the identity')
+    .default('Remote-User'),
+  logoutPath: urlPath.default('/otpgate/logout'),
+  healthPath: urlPath.default('/otpgate/health'),
+  tls: z.strictObject({ cert: path, key: path }).optional(),
+  trustedProxies: z.array(z.string()).default([]),
+  // additions to the contract
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  allowInsecurePermissions: z.boolean().default(false),
+  headersTimeout: seconds(1).default(20),
+  requestTimeout: seconds(0).default(300),
+  keepAliveTimeout: seconds(0).default(5),
+});
+
+type Raw = z.infer<typeof schema>;
+
+export interface Listen {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface Config extends Omit<Raw, 'listen' | 'upstream' | 'usersFile' | 'trustedProxies'> {
+  readonly listen: Listen;
+  readonly upstream: URL;
+  readonly usersFile: string;
+  readonly trustedProxies: readonly string[];
+  readonly trusted: BlockList;
+  /** the file the config came from (for messages) */
+  readonly source: string;
+}
+
+export type ConfigResult = { ok: true; config: Config } | { ok: false; errors: string[] };
+
+export function parseListen(text: string): Listen | undefined {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(text);
+  if (!m) return undefined;
+  const host = m[1] ?? m[2] ?? '';
+  const port = Number(m[3]);
+  if (port > 65535 || (m[1] !== undefined && isIP(host) !== 6)) return undefined;
+  return { host, port };
+}
+
+function parseTrusted(entries: readonly string[], errors: string[], where: string): BlockList {
+  const list = new BlockList();
+  entries.forEach((entry, i) => {
+    const [addr = '', prefixText] = entry.split('/');
+    const family = isIP(addr);
+    const max = family === 6 ? 128 : 32;
+    const prefix = prefixText === undefined ? max : Number(prefixText);
+    if (family === 0 || !Number.isInteger(prefix) || prefix < 0 || prefix > max || prefixText === '') {
+      errors.push(`${where}: trustedProxies[${i}]: "${entry}" is not an IP address or CIDR range`);
+      return;
+    }
+    list.addSubnet(addr, prefix, family === 6 ? 'ipv6' : 'ipv4');
+  });
+  return list;
+}
+
+/**
+ * Validate a config document. `source` names it in messages; relative paths in
+ * it are relative to `baseDir`. No I/O.
+ */
+export function parseConfig(text: string, source: string, baseDir: string): ConfigResult {
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    return {
+      ok: false,
+      errors: doc.errors.map((e) => {
+        const line = e.linePos?.[0];
+        const message = (e.message.split('\n')[0] ?? '').replace(/ at line \d+, column \d+:?$/, '');
+        return `${source}${line ? `:${line.line}:${line.col}` : ''}: ${message}`;
+      }),
+    };
+  }
+  const data: unknown = doc.toJS() ?? {};
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) {
+    return { ok: false, errors: [`${source}: expected a mapping of keys to values`] };
+  }
+  const parsed = schema.safeParse(data);
+  const errors: string[] = [];
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      if (issue.code === 'unrecognized_keys') {
+        const at = issue.path.length ? `${issue.path.join('.')}.` : '';
+        for (const key of issue.keys) errors.push(`${source}: ${at}${key}: unknown key`);
+      } else {
+        const key = issue.path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i ? '.' : ''}${String(p)}`)).join('');
+        const message = issue.message.replace(/^Invalid input: /, '');
+        errors.push(`${source}: ${key || '(top level)'}: ${message}`);
+      }
+    }
+    return { ok: false, errors };
+  }
+  const raw = parsed.data;
+  const listen = parseListen(raw.listen);
+  if (!listen) errors.push(`${source}: listen: expected host:port, e.g. 127.0.0.1:8080 or [::1]:8080`);
+  let upstream: URL | undefined;
+  try {
+    upstream = new URL(raw.upstream);
+    if (upstream.protocol !== 'http:' && upstream.protocol !== 'https:') throw new Error('scheme');
+    if (upstream.username || upstream.password || upstream.hash) throw new Error('extra');
+  } catch {
+    errors.push(`${source}: upstream: expected an http:// or https:// URL without credentials, e.g. http://127.0.0.1:8081`);
+  }
+  if (raw.usersFile === undefined) errors.push(`${source}: usersFile: required: the path of the OTP users file`);
+  if (raw.logoutPath === raw.healthPath) errors.push(`${source}: logoutPath: must differ from healthPath`);
+  const trusted = parseTrusted(raw.trustedProxies, errors, source);
+  if (errors.length > 0 || !listen || !upstream || raw.usersFile === undefined) return { ok: false, errors };
+  const config: Config = {
+    ...raw,
+    listen,
+    upstream,
+    usersFile: resolve(baseDir, raw.usersFile),
+    tls: raw.tls ? { cert: resolve(baseDir, raw.tls.cert), key: resolve(baseDir, raw.tls.key) } : undefined,
+    trustedProxies: raw.trustedProxies,
+    trusted,
+    source,
+  };
+  return { ok: true, config };
+}
+
+/** Read and validate a config file. */
+export function loadConfig(file: string): ConfigResult {
+  const full = resolve(file);
+  let text: string;
+  try {
+    text = readFileSync(full, 'utf8');
+  } catch (err) {
+    return { ok: false, errors: [`${file}: cannot read config file (${(err as NodeJS.ErrnoException).code ?? 'error'})`] };
+  }
+  return parseConfig(text, file, dirname(full));
+}

@@ -1,0 +1,224 @@
+// The authentication decision: does this password, from this IP, at this time,
+// log this user in, and what changes? Pure: the caller supplies the user's token
+// lines (file + in-memory state), the clock and the policy.
+import { createHash, timingSafeEqual } from 'node:crypto';
+import {
+  codeAt, codesEqual, findEventCounter, findTimeStep, locateStep, stepAt, type TokenType,
+} from './otp.js';
+import { lingerActive, type LingerPolicy } from './linger.js';
+
+export interface Policy extends LingerPolicy {
+  readonly maxOffset: number;
+  /** consecutive failures before a token is locked; 0 = no limit */
+  readonly maxFailures: number;
+  /** seconds a lock lasts; 0 = until an admin clears the count */
+  readonly lockoutSeconds: number;
+}
+
+/** What the decision needs to know about one token line. */
+export interface TokenSpec {
+  readonly type: TokenType;
+  /** `-` no PIN, `+` checked by another provider, else the PIN */
+  readonly pin: string;
+  readonly key: Uint8Array;
+  /**
+   * a liboath 7-field line: field 5 of a time token is liboath's bookkeeping
+   * (old value + |steps off|), not a drift (users-file.md, field 5), and the
+   * line cannot record the IP of a linger
+   */
+  readonly liboathLayout: boolean;
+}
+
+export interface TokenState {
+  readonly spec: TokenSpec;
+  /** event tokens: next counter expected; time tokens: field 5 (see liboathLayout) */
+  readonly counter: number;
+  readonly failures: number;
+  /** epoch seconds the current lock began (failures reached maxFailures) */
+  readonly lockedAt?: number | undefined;
+  readonly lastOtp?: string | undefined;
+  readonly lastTime?: number | undefined;
+  readonly lastIp?: string | undefined;
+  readonly lastActive?: number | undefined;
+  /** time tokens: highest step known to be used (survives a logout in memory) */
+  readonly usedStep?: number | undefined;
+  /** a code ended by logout: a browser resending it is not a guess */
+  readonly retiredOtp?: string | undefined;
+}
+
+export type Reason = 'ok' | 'linger' | 'bad_pin' | 'bad_otp' | 'locked' | 'logout';
+
+export interface Attempt {
+  readonly password: string;
+  readonly ip: string;
+  /** epoch seconds */
+  readonly now: number;
+  /** a request to the logout path: end the linger these credentials ride, grant nothing */
+  readonly logout?: boolean;
+}
+
+export interface Verdict {
+  readonly granted: boolean;
+  readonly reason: Reason;
+  /** index of the line that logged in or rode its linger */
+  readonly line?: number;
+  /** new state of every line that changes, by index */
+  readonly changes: ReadonlyMap<number, TokenState>;
+  /** a wrong PIN or code that counted towards the lock */
+  readonly counted: boolean;
+}
+
+export function isLocked(s: TokenState, now: number, policy: Policy): boolean {
+  if (policy.maxFailures === 0 || s.failures < policy.maxFailures) return false;
+  // Unknown start of a lock: fail closed (the caller records when it first saw it).
+  if (policy.lockoutSeconds === 0 || s.lockedAt === undefined) return true;
+  return now < s.lockedAt + policy.lockoutSeconds;
+}
+
+const digest = (s: string): Buffer => createHash('sha256').update(s, 'utf8').digest();
+
+/** Constant-time PIN check; the lengths of the typed and stored PINs do not leak. */
+export function pinMatches(stored: string, typed: string): boolean {
+  if (stored === '+') return false; // another provider's job; none is configured
+  const expected = stored === '-' ? '' : stored;
+  return timingSafeEqual(digest(expected), digest(typed));
+}
+
+/** Split the password into the typed PIN and the code (MOTP has no typed PIN: it is hashed into the code). */
+function splitPassword(spec: TokenSpec, password: string): { pin: string; code: string } | undefined {
+  if (spec.type.algorithm === 'MOTP') return { pin: '', code: password.toLowerCase() };
+  if (password.length < spec.type.digits) return undefined;
+  const cut = password.length - spec.type.digits;
+  return { pin: password.slice(0, cut), code: password.slice(cut) };
+}
+
+function typedPinOk(spec: TokenSpec, typed: string): boolean {
+  if (spec.type.algorithm === 'MOTP') return spec.pin !== '+';
+  return pinMatches(spec.pin, typed);
+}
+
+const motpPin = (spec: TokenSpec): string => (spec.pin === '-' || spec.pin === '+' ? '' : spec.pin);
+
+/** The last time step consumed on this line, if any, or a safe upper bound for it. */
+export function lastUsedStep(s: TokenState, maxOffset: number): number | undefined {
+  let derived: number | undefined;
+  const step = s.spec.type.stepSeconds;
+  if (step > 0 && s.lastOtp !== undefined && s.lastTime !== undefined) {
+    const around = stepAt(s.lastTime, step);
+    if (!s.spec.liboathLayout) derived = around + s.counter;
+    else {
+      derived = locateStep(s.spec.type, s.spec.key, motpPin(s.spec), s.lastOtp, around, maxOffset + 1) ??
+        around + maxOffset + 1;
+    }
+  }
+  if (derived === undefined) return s.usedStep;
+  return s.usedStep === undefined ? derived : Math.max(derived, s.usedStep);
+}
+
+/** A logout: the linger ends; the code stays known as used. */
+function endLinger(s: TokenState, maxOffset: number): TokenState {
+  const usedStep = lastUsedStep(s, maxOffset);
+  // liboath's 7-field lines keep their last OTP (it guards liboath against replay);
+  // there the linger lives in memory only, through lastIp.
+  if (s.spec.liboathLayout) return { ...s, lastIp: undefined, lastActive: undefined, usedStep, retiredOtp: s.lastOtp };
+  return {
+    ...s, lastOtp: undefined, lastTime: undefined, lastIp: undefined, lastActive: undefined, usedStep, retiredOtp: s.lastOtp,
+  };
+}
+
+function success(s: TokenState, counter: number, code: string, attempt: Attempt): TokenState {
+  const now = Math.floor(attempt.now);
+  const step = s.spec.type.stepSeconds;
+  let next: number;
+  if (step === 0) next = counter + 1; // mod_authn_otp stores the next counter expected
+  else if (s.spec.liboathLayout) next = s.counter + Math.abs(counter - stepAt(now, step));
+  else next = counter - stepAt(now, step);
+  return {
+    spec: s.spec, counter: next, failures: 0, lockedAt: undefined,
+    lastOtp: code, lastTime: now, lastIp: attempt.ip, lastActive: attempt.now,
+    usedStep: step > 0 ? counter : undefined, retiredOtp: undefined,
+  };
+}
+
+function tryCode(s: TokenState, code: string, attempt: Attempt, policy: Policy): number | undefined {
+  const { spec } = s;
+  const pin = motpPin(spec);
+  if (spec.type.stepSeconds === 0) {
+    return findEventCounter(spec.type, spec.key, pin, code, Math.max(0, s.counter), policy.maxOffset)?.counter;
+  }
+  const drift = spec.liboathLayout ? 0 : s.counter;
+  return findTimeStep(spec.type, spec.key, pin, code, Math.floor(attempt.now), drift, policy.maxOffset,
+    lastUsedStep(s, policy.maxOffset))?.counter;
+}
+
+/**
+ * Decide one login attempt against all of a user's token lines, in file order:
+ * the first line whose PIN and code both match logs in (liboath's rule), and only
+ * that line is consumed. A wrong PIN or code counts one failure on every line tried.
+ */
+export function decide(lines: readonly TokenState[], attempt: Attempt, policy: Policy): Verdict {
+  const changes = new Map<number, TokenState>();
+  const verdict = (granted: boolean, reason: Reason, counted = false, line?: number): Verdict =>
+    (line === undefined ? { granted, reason, changes, counted } : { granted, reason, changes, counted, line });
+  const open = lines.map((s, i) => ({ s, i })).filter(({ s }) => !isLocked(s, attempt.now, policy));
+  if (open.length === 0) return verdict(false, 'locked');
+
+  // mod_authn_otp: an empty password from the IP of the current linger logs out.
+  if (attempt.password === '' && !attempt.logout) {
+    for (const { s, i } of open) {
+      if (s.lastIp === attempt.ip && lingerActive(s, attempt.ip, attempt.now, policy)) {
+        changes.set(i, endLinger(s, policy.maxOffset));
+      }
+    }
+    return verdict(false, changes.size > 0 ? 'logout' : 'bad_otp');
+  }
+
+  let badPin = false;
+  let badCode = false;
+  for (const { s, i } of open) {
+    const parts = splitPassword(s.spec, attempt.password);
+    if (parts === undefined) continue; // too short to hold a code: not a guess
+    if (!typedPinOk(s.spec, parts.pin)) {
+      badPin = true;
+      continue;
+    }
+    if (s.lastOtp !== undefined && codesEqual(parts.code, s.lastOtp)) {
+      if (lingerActive(s, attempt.ip, attempt.now, policy)) {
+        if (attempt.logout) {
+          changes.set(i, endLinger(s, policy.maxOffset));
+          return verdict(false, 'logout', false, i);
+        }
+        changes.set(i, { ...s, lastActive: attempt.now });
+        return verdict(true, 'linger', false, i);
+      }
+      continue; // a used code outside its linger: refused, but a replay is not a guess
+    }
+    if (s.retiredOtp !== undefined && codesEqual(parts.code, s.retiredOtp)) continue;
+    if (attempt.logout) continue; // logout never consumes a fresh code
+    const counter = tryCode(s, parts.code, attempt, policy);
+    if (counter === undefined) {
+      badCode = true;
+      continue;
+    }
+    changes.set(i, success(s, counter, parts.code, attempt));
+    for (const other of open) {
+      if (other.i !== i && other.s.failures > 0) changes.set(other.i, { ...other.s, failures: 0, lockedAt: undefined });
+    }
+    return verdict(true, 'ok', false, i);
+  }
+  if (attempt.logout) return verdict(false, 'logout');
+  if (!badPin && !badCode) return verdict(false, 'bad_otp');
+  for (const { s, i } of open) {
+    const failures = s.failures + 1;
+    const locks = policy.maxFailures > 0 && failures >= policy.maxFailures;
+    changes.set(i, { ...s, failures, lockedAt: locks ? Math.floor(attempt.now) : s.lockedAt });
+  }
+  return verdict(false, badCode ? 'bad_otp' : 'bad_pin', true);
+}
+
+/** The same work as a real check, for a login that does not exist (no timing oracle). */
+export function decoyCheck(password: string, policy: Policy): void {
+  const key = new Uint8Array(20);
+  pinMatches('decoy', password.slice(0, -6));
+  for (let c = 0; c <= policy.maxOffset; c++) codeAt({ algorithm: 'HOTP', stepSeconds: 0, digits: 6 }, key, '', c);
+}

@@ -1,0 +1,118 @@
+// Header hygiene between the client and the backend. CGI, PHP and PSGI map
+// `Remote-User`, `remote_user` and `REMOTE.USER` to the same variable
+// (HTTP_REMOTE_USER), so headers are compared by a normalised name.
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+import { isIP, type BlockList } from 'node:net';
+
+/** Lowercase, with `-`, `_` and `.` removed: the name a CGI-style backend effectively sees. */
+export function normalizedHeaderName(name: string): string {
+  return name.toLowerCase().replace(/[-_.]/g, '');
+}
+
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+export const isValidHeaderName = (name: string): boolean => TOKEN.test(name);
+
+/** RFC 9110 section 7.6.1 connection-specific headers, plus legacy ones. */
+const HOP_BY_HOP = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade',
+  'proxy-authorization', 'proxy-authenticate',
+]);
+
+/** Headers a backend may take as the client's address or scheme; only a trusted proxy may send them. */
+const FORWARDING = new Set(['xforwardedfor', 'xforwardedproto', 'xforwardedhost', 'xforwardedport', 'forwarded', 'xrealip']);
+
+/** Headers that can never carry the identity (config check). */
+export const UNFIT_FOR_IDENTITY = new Set([
+  ...[...HOP_BY_HOP].map(normalizedHeaderName), ...FORWARDING, 'host', 'authorization', 'contentlength', 'cookie', 'expect',
+]);
+
+export interface ForwardContext {
+  /** the normalised name of the identity header (see normalizedHeaderName) */
+  readonly identity: string;
+  /** the identity header as configured, e.g. `Remote-User` */
+  readonly identityHeader: string;
+  /** the authenticated login; undefined on routes that carry no identity */
+  readonly login?: string | undefined;
+  /** address of the TCP peer */
+  readonly peer: string;
+  readonly peerTrusted: boolean;
+  /** the scheme the client used to reach the gateway */
+  readonly proto: 'http' | 'https';
+}
+
+const first = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v);
+
+/**
+ * The headers to send to the backend: the client's Authorization, every spelling
+ * of the identity header, hop-by-hop headers and those named in Connection are
+ * removed; the identity header is set once; X-Forwarded-* come from the socket
+ * (appended to only when the peer is a trusted proxy).
+ */
+export function upstreamHeaders(incoming: IncomingHttpHeaders, ctx: ForwardContext): OutgoingHttpHeaders {
+  const named = new Set<string>();
+  for (const value of [incoming.connection ?? ''].flat()) {
+    for (const token of value.split(',')) named.add(token.trim().toLowerCase());
+  }
+  const out: OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(incoming)) {
+    if (value === undefined) continue;
+    const norm = normalizedHeaderName(name);
+    if (HOP_BY_HOP.has(name) || named.has(name) || name === 'authorization' || name === 'expect') continue;
+    if (norm === ctx.identity) continue;
+    if (FORWARDING.has(norm)) continue;
+    out[name] = value;
+  }
+  if (ctx.login !== undefined) {
+    // Node writes header values as latin1: pass the login's UTF-8 bytes through unchanged.
+    out[ctx.identityHeader] = Buffer.from(ctx.login, 'utf8').toString('latin1');
+  }
+  const xff = ctx.peerTrusted ? first(incoming['x-forwarded-for']) : undefined;
+  out['x-forwarded-for'] = xff ? `${xff}, ${ctx.peer}` : ctx.peer;
+  const proto = ctx.peerTrusted ? first(incoming['x-forwarded-proto']) : undefined;
+  out['x-forwarded-proto'] = proto ?? ctx.proto;
+  const host = (ctx.peerTrusted ? first(incoming['x-forwarded-host']) : undefined) ?? incoming.host;
+  if (host !== undefined) out['x-forwarded-host'] = host;
+  return out;
+}
+
+/** `::ffff:10.0.0.1` -> `10.0.0.1`, so IPv4 clients on a dual-stack socket look like IPv4. */
+export function plainAddress(addr: string | undefined): string {
+  if (addr === undefined) return '';
+  return addr.startsWith('::ffff:') && isIP(addr.slice(7)) === 4 ? addr.slice(7) : addr;
+}
+
+export function isTrusted(list: BlockList, addr: string): boolean {
+  const family = isIP(addr);
+  if (family === 0) return false;
+  return list.check(addr, family === 6 ? 'ipv6' : 'ipv4');
+}
+
+/**
+ * The client's address: the peer's, unless the peer is a trusted proxy; then the
+ * right-most X-Forwarded-For entry that is not itself a trusted proxy.
+ */
+export function clientAddress(peer: string, peerTrusted: boolean, xff: string | string[] | undefined, list: BlockList): string {
+  if (!peerTrusted || xff === undefined) return peer;
+  const hops = [xff].flat().join(',').split(',').map((h) => plainAddress(h.trim()));
+  for (let i = hops.length - 1; i >= 0; i--) {
+    const hop = hops[i] as string;
+    if (isIP(hop) === 0) return peer; // garbage in the chain: believe nothing beyond the peer
+    if (!isTrusted(list, hop)) return hop;
+  }
+  return hops[0] && isIP(hops[0]) ? hops[0] : peer;
+}
+
+/**
+ * A backend redirect to its own origin (it does not know it sits behind a
+ * gateway) is rewritten to the origin the client used.
+ */
+export function rewriteLocation(location: string, upstream: URL, clientOrigin: string): string {
+  let target: URL;
+  try {
+    target = new URL(location);
+  } catch {
+    return location; // relative: already right
+  }
+  if (target.origin !== upstream.origin) return location;
+  return clientOrigin + target.pathname + target.search + target.hash;
+}

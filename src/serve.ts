@@ -1,0 +1,178 @@
+// `otpgate serve`: validate everything, then start; SIGHUP reloads (parse fully,
+// then swap; a bad reload keeps what runs); SIGTERM/SIGINT stop gracefully.
+import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import { loadConfig, type Config } from './config.js';
+import type { Policy } from './decision.js';
+import { Gateway } from './gateway.js';
+import { createLogger, VERSION } from './logger.js';
+import { UsersFile, UsersFileError, permissionProblem } from './usersFile.js';
+import { parseUsersFile } from './usersFileFormat.js';
+
+/** A failure for people: one line on stderr, and the exit status it calls for. */
+export class CliError extends Error {
+  constructor(message: string, readonly exitCode: 1 | 2) {
+    super(message);
+  }
+}
+
+export function policyOf(config: Config): Policy {
+  return {
+    maxOffset: config.maxOffset, maxLinger: config.maxLinger, maxIdle: config.maxIdle,
+    logoutOnIpChange: config.logoutOnIpChange, maxFailures: config.maxFailures, lockoutSeconds: config.lockoutSeconds,
+  };
+}
+
+export function configFileFrom(option: string | undefined): string {
+  return option ?? process.env.OTPGATE_CONFIG ?? '/etc/otpgate/otpgate.yaml';
+}
+
+export function readConfig(file: string): Config {
+  const result = loadConfig(file);
+  if (!result.ok) throw new CliError(result.errors.join('\n'), 2);
+  return result.config;
+}
+
+/** Open the users file as configured; refuses one that others can read or change. */
+export function openUsersFile(config: Config, log: Logger, options: { clock?: () => number; pollMs?: number } = {}): UsersFile {
+  let mode: number;
+  try {
+    mode = UsersFile.statOf(config.usersFile).mode;
+  } catch (err) {
+    if (err instanceof UsersFileError) throw new CliError(err.message, 1);
+    throw err;
+  }
+  const problem = permissionProblem(config.usersFile, mode);
+  if (problem && !config.allowInsecurePermissions) throw new CliError(problem, 2);
+  try {
+    return new UsersFile({ path: config.usersFile, policy: policyOf(config), log, ...options });
+  } catch (err) {
+    if (err instanceof UsersFileError) throw new CliError(err.message, 1);
+    throw err;
+  }
+}
+
+export interface Running {
+  readonly address: AddressInfo;
+  readonly gateway: Gateway;
+  users: UsersFile;
+  reload(): Promise<boolean>;
+  stop(): Promise<void>;
+}
+
+/** Start the gateway for a validated config. */
+export async function start(config: Config, log: Logger, reread?: () => Config): Promise<Running> {
+  const users = openUsersFile(config, log);
+  await users.removeStaleTemp().catch((err: Error) => log.warn({ event: 'stale_temp' }, err.message));
+  const gateway = new Gateway(config, users, log);
+  let address: AddressInfo;
+  try {
+    address = await gateway.listen();
+  } catch (err) {
+    await users.close();
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    throw new CliError(`${config.source}: listen: cannot listen on ${config.listen.host}:${config.listen.port} (${code})`, 1);
+  }
+  log.info({
+    event: 'start', version: VERSION, listen: `${address.address}:${address.port}`, tls: Boolean(config.tls),
+    upstream: config.upstream.href, usersFile: config.usersFile, users: users.userCount, malformedLines: users.malformedLines,
+  }, `otpgate ${VERSION} listening on ${config.tls ? 'https' : 'http'}://${address.address}:${address.port}, upstream ${config.upstream.href}`);
+
+  let current = config;
+  const running: Running = {
+    address,
+    gateway,
+    users,
+    async reload(): Promise<boolean> {
+      let next: Config;
+      try {
+        next = reread ? reread() : current;
+      } catch (err) {
+        for (const line of (err as Error).message.split('\n')) log.error({ event: 'reload_failed' }, line);
+        log.error({ event: 'reload_failed' }, 'reload failed: keeping the running configuration');
+        return false;
+      }
+      for (const key of ['listen', 'headersTimeout', 'requestTimeout', 'keepAliveTimeout'] as const) {
+        if (JSON.stringify(next[key]) !== JSON.stringify(current[key])) {
+          log.warn({ event: 'reload', key }, `${key} changed: takes effect after a restart`);
+        }
+      }
+      let nextUsers = running.users;
+      try {
+        if (next.usersFile !== current.usersFile) {
+          nextUsers = openUsersFile(next, log);
+        } else {
+          await running.users.reload();
+          running.users.setPolicy(policyOf(next));
+        }
+        gateway.swap(next, nextUsers);
+      } catch (err) {
+        log.error({ event: 'reload_failed' }, `reload failed, keeping the running configuration: ${(err as Error).message}`);
+        if (nextUsers !== running.users) await nextUsers.close();
+        return false;
+      }
+      if (nextUsers !== running.users) {
+        const old = running.users;
+        running.users = nextUsers;
+        await old.close();
+      }
+      log.level = next.logLevel;
+      current = next;
+      log.info({ event: 'reload', users: nextUsers.userCount }, 'configuration and users file reloaded');
+      return true;
+    },
+    async stop(): Promise<void> {
+      await gateway.close();
+      await running.users.close();
+    },
+  };
+  return running;
+}
+
+/** `otpgate serve`: run until SIGTERM/SIGINT. */
+export async function serve(configFile: string): Promise<void> {
+  const config = readConfig(configFile);
+  const log = createLogger(config.logLevel);
+  const running = await start(config, log, () => readConfig(configFile));
+  process.on('SIGHUP', () => {
+    log.info({ event: 'reload' }, 'SIGHUP: reloading');
+    void running.reload();
+  });
+  const stop = (signal: string): void => {
+    log.info({ event: 'stop', signal }, `${signal}: stopping`);
+    running.stop().then(() => {
+      log.flush();
+      process.exit(0);
+    }, () => process.exit(1));
+  };
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
+}
+
+/** `otpgate check-config`: every problem of the config and its users file, one per line. */
+export function checkConfig(configFile: string): { ok: boolean; lines: string[] } {
+  const result = loadConfig(configFile);
+  if (!result.ok) return { ok: false, lines: result.errors };
+  const config = result.config;
+  const problems: string[] = [];
+  for (const file of config.tls ? [config.tls.cert, config.tls.key] : []) {
+    try {
+      readFileSync(file);
+    } catch (err) {
+      problems.push(`${file}: cannot read TLS file (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+    }
+  }
+  let summary = '';
+  try {
+    const stats = UsersFile.statOf(config.usersFile);
+    const problem = permissionProblem(config.usersFile, stats.mode);
+    if (problem && !config.allowInsecurePermissions) problems.push(problem);
+    const model = parseUsersFile(readFileSync(config.usersFile));
+    for (const p of model.problems) problems.push(`${config.usersFile}:${p.line}: ${p.reason}`);
+    summary = `${model.index.size} users, ${model.tokenCount} tokens`;
+  } catch (err) {
+    problems.push((err as Error).message);
+  }
+  return problems.length > 0 ? { ok: false, lines: problems } : { ok: true, lines: [`${configFile}: ok (${summary})`] };
+}

@@ -1,0 +1,382 @@
+// The users file as a live store: an in-memory index for lookups, a watch for
+// admins' edits, and group-committed durable writes under the shared lock.
+// Every state change is decided again under the lock against the file as it
+// is on disk, and no request is answered before its change is fsynced.
+import { readFileSync, statSync, type Stats } from 'node:fs';
+import { readFile, rm, stat } from 'node:fs/promises';
+import type { Logger } from 'pino';
+import { replaceFile, tempFileOf } from './atomicWrite.js';
+import { decide, decoyCheck, type Policy, type Reason, type TokenState, type Verdict } from './decision.js';
+import { lockUsersFile } from './fileLock.js';
+import {
+  layoutStoresFailures, lineState, parseUsersFile, serializeUsersFile, withChangedLines,
+  type LineState, type TokenLine, type UsersFileModel,
+} from './usersFileFormat.js';
+
+export type OutcomeReason = Reason | 'unknown_user';
+
+export interface Outcome {
+  readonly granted: boolean;
+  readonly reason: OutcomeReason;
+  /** set when the file could not be used: answer 503, grant nothing */
+  readonly unavailable?: boolean;
+  /** e.g. why an existing login counts as unknown */
+  readonly detail?: string;
+  /** a wrong PIN or code that counted towards the lock */
+  readonly counted?: boolean;
+}
+
+/** A failure to open the users file, as one line for people. */
+export class UsersFileError extends Error {}
+
+/** What the file cannot hold for a token, kept per token in memory. */
+interface Memory {
+  failures?: number | undefined;
+  lockedAt?: number | undefined;
+  lastActive?: number | undefined;
+  usedStep?: number | undefined;
+  retiredOtp?: string | undefined;
+  /** a liboath-layout line's linger: the file records the OTP and time, not the IP */
+  linger?: { otp: string; time: number; ip: string } | undefined;
+}
+
+interface Pending {
+  readonly login: string;
+  readonly password: string;
+  readonly ip: string;
+  readonly logout: boolean;
+  resolve(outcome: Outcome): void;
+}
+
+export interface UsersFileOptions {
+  readonly path: string;
+  readonly policy: Policy;
+  readonly log: Logger;
+  /** epoch seconds; injectable for tests */
+  readonly clock?: () => number;
+  /** how often to look for edits by others */
+  readonly pollMs?: number;
+  readonly lockTimeoutMs?: number;
+}
+
+const tokenKey = (t: TokenLine): string => `${t.login}\0${t.typeText}\0${t.keyHex}\0${t.pin}`;
+
+interface FileIdentity { ino: number; size: number; mtimeMs: number; ctimeMs: number }
+const identityOf = (s: Stats): FileIdentity => ({ ino: s.ino, size: s.size, mtimeMs: s.mtimeMs, ctimeMs: s.ctimeMs });
+const sameIdentity = (a: FileIdentity | undefined, b: FileIdentity): boolean =>
+  a !== undefined && a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs;
+
+const sameLineState = (a: LineState, b: LineState): boolean =>
+  a.counter === b.counter && a.failures === b.failures && a.lastOtp === b.lastOtp &&
+  a.lastTime === b.lastTime && a.lastIp === b.lastIp;
+
+/** Refuse a users file that others could read or change (its keys are secrets). */
+export function permissionProblem(path: string, mode: number): string | undefined {
+  if ((mode & 0o077) === 0) return undefined;
+  return `${path}: readable or writable by group or others (mode ${(mode & 0o777).toString(8)}); ` +
+    'chmod 600 it, or set allowInsecurePermissions: true';
+}
+
+function readUsersFile(path: string): { bytes: Buffer; stats: Stats } {
+  try {
+    return { stats: statSync(path), bytes: readFileSync(path) };
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'is a directory' : code;
+    throw new UsersFileError(`${path}: cannot read users file (${why})`);
+  }
+}
+
+export class UsersFile {
+  readonly path: string;
+  private policy: Policy;
+  private readonly log: Logger;
+  private readonly clock: () => number;
+  private readonly lockTimeoutMs: number;
+  private model: UsersFileModel;
+  private bytes: Buffer;
+  private known: FileIdentity | undefined;
+  private memory = new Map<string, Memory>();
+  private queue: Pending[] = [];
+  private draining = false;
+  private ops: Promise<unknown> = Promise.resolve();
+  private poller: NodeJS.Timeout | undefined;
+  private problem: string | undefined;
+  private closed = false;
+
+  /** Load the file (throws UsersFileError naming it when missing or unreadable). */
+  constructor(options: UsersFileOptions) {
+    this.path = options.path;
+    this.policy = options.policy;
+    this.log = options.log;
+    this.clock = options.clock ?? ((): number => Date.now() / 1000);
+    this.lockTimeoutMs = options.lockTimeoutMs ?? 10_000;
+    const { bytes, stats } = readUsersFile(this.path);
+    this.bytes = bytes;
+    this.known = identityOf(stats);
+    this.model = this.parse(bytes);
+    if (options.pollMs !== 0) {
+      this.poller = setInterval(() => this.poll(), options.pollMs ?? 1000);
+      this.poller.unref();
+    }
+  }
+
+  /** File permissions as loaded (for the startup check). */
+  static statOf(path: string): Stats {
+    return readUsersFile(path).stats;
+  }
+
+  get usable(): boolean { return this.problem === undefined; }
+  get unusableReason(): string | undefined { return this.problem; }
+  get userCount(): number { return this.model.index.size; }
+  get tokenCount(): number { return this.model.tokenCount; }
+  get malformedLines(): number { return this.model.problems.length; }
+
+  setPolicy(policy: Policy): void { this.policy = policy; }
+
+  /**
+   * Authenticate. Answers at once when nothing durable changes (a linger, a
+   * lock, an unknown user); otherwise after the change is on disk.
+   */
+  authenticate(login: string, password: string, ip: string, logout = false): Outcome | Promise<Outcome> {
+    if (this.problem !== undefined) return { granted: false, reason: 'unknown_user', unavailable: true };
+    const lines = this.model.index.get(login);
+    if (lines === undefined || this.model.refused.has(login)) {
+      decoyCheck(password, this.policy);
+      return lines === undefined
+        ? { granted: false, reason: 'unknown_user' }
+        : { granted: false, reason: 'unknown_user', detail: 'malformed line in users file' };
+    }
+    const now = this.clock();
+    const verdict = decide(lines.map((i) => this.stateOf(this.model, i, now)), { password, ip, now, logout }, this.policy);
+    if (verdict.changes.size === 0) return this.outcome(verdict);
+    if (verdict.reason === 'linger') {
+      // Only the idle clock moves, and it lives in memory: no write, no wait.
+      this.remember(this.model, verdict.changes, lines);
+      return this.outcome(verdict);
+    }
+    return new Promise<Outcome>((resolve) => {
+      this.queue.push({ login, password, ip, logout, resolve });
+      this.scheduleDrain();
+    });
+  }
+
+  /** Re-read the file now (SIGHUP); resolves once the new content is in use. */
+  reload(): Promise<void> {
+    return this.exclusive(async () => {
+      await this.refresh();
+    });
+  }
+
+  /** Remove a temp file left by a writer that crashed (only while holding the lock). */
+  removeStaleTemp(): Promise<void> {
+    return this.exclusive(async () => {
+      const lock = await lockUsersFile(this.path, this.lockTimeoutMs);
+      try {
+        await rm(tempFileOf(this.path), { force: true });
+      } finally {
+        lock.release();
+      }
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.poller) clearInterval(this.poller);
+    await this.ops.catch(() => undefined);
+    while (this.draining || this.queue.length > 0) await this.ops.catch(() => undefined);
+  }
+
+  private outcome(v: Verdict): Outcome {
+    return v.counted ? { granted: v.granted, reason: v.reason, counted: true } : { granted: v.granted, reason: v.reason };
+  }
+
+  private parse(bytes: Buffer): UsersFileModel {
+    const model = parseUsersFile(bytes);
+    for (const p of model.problems) this.log.warn({ event: 'users_file_line', file: this.path, line: p.line }, `${this.path}:${p.line}: ${p.reason}`);
+    return model;
+  }
+
+  private adopt(bytes: Buffer, stats: Stats): void {
+    const model = this.parse(bytes);
+    // Forget in-memory state of tokens that are gone (an admin removed or re-keyed them).
+    const keys = new Set<string>();
+    for (const entry of model.parsed) if (entry.kind === 'token') keys.add(tokenKey(entry.token));
+    for (const key of this.memory.keys()) if (!keys.has(key)) this.memory.delete(key);
+    this.model = model;
+    this.bytes = bytes;
+    this.known = identityOf(stats);
+    this.log.info({ event: 'users_file_loaded', file: this.path, users: model.index.size, tokens: model.tokenCount,
+      malformed: model.problems.length }, 'users file loaded');
+  }
+
+  private tokenAt(model: UsersFileModel, i: number): TokenLine {
+    const entry = model.parsed[i];
+    if (entry?.kind !== 'token') throw new Error(`line ${i + 1} is not a token line`);
+    return entry.token;
+  }
+
+  /** The decision's view of a token line: the file's fields plus what memory holds. */
+  private stateOf(model: UsersFileModel, i: number, now: number): TokenState {
+    const t = this.tokenAt(model, i);
+    const mem = this.memory.get(tokenKey(t));
+    const failures = layoutStoresFailures(t) ? (t.failures ?? 0) : (mem?.failures ?? 0);
+    let lockedAt = mem?.lockedAt;
+    if (this.policy.maxFailures > 0 && failures >= this.policy.maxFailures && lockedAt === undefined) {
+      // The file says locked but not since when (mod_authn_otp locks forever): the lock starts now.
+      lockedAt = Math.floor(now);
+      this.memory.set(tokenKey(t), { ...mem, lockedAt });
+    }
+    const linger = mem?.linger;
+    const lastIp = t.lastIp ??
+      (t.liboathLayout && linger && linger.otp === t.lastOtp && linger.time === t.lastTime ? linger.ip : undefined);
+    return {
+      spec: t, counter: t.counter, failures, lockedAt,
+      lastOtp: t.lastOtp, lastTime: t.lastTime, lastIp,
+      lastActive: mem?.lastActive, usedStep: mem?.usedStep, retiredOtp: mem?.retiredOtp,
+    };
+  }
+
+  /** What of a new token state goes to the file (undefined: nothing changes there). */
+  private fileChange(t: TokenLine, s: TokenState): LineState | undefined {
+    const next: LineState = {
+      counter: s.counter,
+      failures: layoutStoresFailures(t) ? s.failures : (t.failures ?? 0),
+      ...(s.lastOtp !== undefined ? { lastOtp: s.lastOtp } : {}),
+      ...(s.lastTime !== undefined ? { lastTime: s.lastTime } : {}),
+      ...(s.lastIp !== undefined && !t.liboathLayout ? { lastIp: s.lastIp } : {}),
+    };
+    return sameLineState(next, lineState(t)) ? undefined : next;
+  }
+
+  private memoryOf(t: TokenLine, s: TokenState): Memory {
+    return {
+      failures: layoutStoresFailures(t) ? undefined : s.failures,
+      lockedAt: s.lockedAt,
+      lastActive: s.lastActive,
+      usedStep: s.usedStep,
+      retiredOtp: s.retiredOtp,
+      linger: t.liboathLayout && s.lastOtp !== undefined && s.lastTime !== undefined && s.lastIp !== undefined
+        ? { otp: s.lastOtp, time: s.lastTime, ip: s.lastIp } : undefined,
+    };
+  }
+
+  /** Apply memory-only changes (by index into `lines`). */
+  private remember(model: UsersFileModel, changes: ReadonlyMap<number, TokenState>, lines: readonly number[]): void {
+    for (const [k, s] of changes) {
+      const t = this.tokenAt(model, lines[k] as number);
+      this.memory.set(tokenKey(t), this.memoryOf(t, s));
+    }
+  }
+
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.ops.then(fn, fn);
+    this.ops = run.catch(() => undefined);
+    return run;
+  }
+
+  private scheduleDrain(): void {
+    if (this.draining) return;
+    this.draining = true;
+    // setImmediate: let the requests that arrived together join one batch.
+    setImmediate(() => {
+      void this.exclusive(() => this.drain()).finally(() => {
+        this.draining = false;
+        if (this.queue.length > 0) this.scheduleDrain();
+      });
+    });
+  }
+
+  private async drain(): Promise<void> {
+    while (this.queue.length > 0) {
+      const batch = this.queue;
+      this.queue = [];
+      await this.commit(batch);
+    }
+  }
+
+  /** Re-read the file if it changed since we last saw it. Returns its stats. */
+  private async refresh(): Promise<Stats> {
+    let stats: Stats;
+    let bytes: Buffer;
+    try {
+      stats = await stat(this.path);
+      bytes = await readFile(this.path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? 'error';
+      if (this.problem === undefined) this.log.error({ event: 'users_file_unusable', file: this.path, code }, `${this.path}: cannot read users file (${code})`);
+      this.problem = `cannot read users file (${code})`;
+      throw err;
+    }
+    if (this.problem !== undefined) this.log.info({ event: 'users_file_usable', file: this.path }, `${this.path}: readable again`);
+    this.problem = undefined;
+    if (bytes.equals(this.bytes)) this.known = identityOf(stats);
+    else this.adopt(bytes, stats);
+    return stats;
+  }
+
+  private poll(): void {
+    if (this.closed) return;
+    let current: FileIdentity;
+    try {
+      current = identityOf(statSync(this.path));
+    } catch {
+      if (this.problem === undefined) void this.reload().catch(() => undefined);
+      return;
+    }
+    if (!sameIdentity(this.known, current) || this.problem !== undefined) void this.reload().catch(() => undefined);
+  }
+
+  /** One group commit: decide every pending attempt again under the lock, write once, answer all. */
+  private async commit(batch: readonly Pending[]): Promise<void> {
+    let lock;
+    const outcomes: Outcome[] = [];
+    try {
+      lock = await lockUsersFile(this.path, this.lockTimeoutMs);
+      const stats = await this.refresh();
+      const model = this.model;
+      const now = this.clock();
+      const draft = new Map<number, TokenState>();
+      for (const p of batch) {
+        const lines = model.index.get(p.login);
+        if (lines === undefined || model.refused.has(p.login)) {
+          outcomes.push({ granted: false, reason: 'unknown_user' });
+          continue;
+        }
+        const states = lines.map((i) => draft.get(i) ?? this.stateOf(model, i, now));
+        const verdict = decide(states, { password: p.password, ip: p.ip, now, logout: p.logout }, this.policy);
+        for (const [k, s] of verdict.changes) draft.set(lines[k] as number, s);
+        outcomes.push(this.outcome(verdict));
+      }
+      const lineChanges = new Map<number, LineState>();
+      for (const [i, s] of draft) {
+        const change = this.fileChange(this.tokenAt(model, i), s);
+        if (change) lineChanges.set(i, change);
+      }
+      if (lineChanges.size > 0) {
+        const next = withChangedLines(model, lineChanges);
+        const bytes = serializeUsersFile(next);
+        const started = performance.now();
+        await replaceFile(this.path, bytes, stats);
+        this.model = next;
+        this.bytes = bytes;
+        this.known = identityOf(await stat(this.path));
+        this.log.debug({ event: 'users_file_write', lines: lineChanges.size, batch: batch.length,
+          ms: Math.round(performance.now() - started) }, 'users file written');
+      }
+      // Memory follows the file: only now, with the change durable, is it visible to other requests.
+      for (const [i, s] of draft) {
+        const t = this.tokenAt(model, i);
+        this.memory.set(tokenKey(t), this.memoryOf(t, s));
+      }
+    } catch (err) {
+      this.log.error({ event: 'users_file_write_failed', file: this.path, err: (err as Error).message },
+        `${this.path}: could not record logins: ${(err as Error).message}`);
+      for (const p of batch) p.resolve({ granted: false, reason: 'unknown_user', unavailable: true });
+      return;
+    } finally {
+      lock?.release();
+    }
+    batch.forEach((p, k) => p.resolve(outcomes[k] as Outcome));
+  }
+}

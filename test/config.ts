@@ -1,0 +1,116 @@
+import t from 'tap';
+import { join } from 'node:path';
+import { loadConfig, parseConfig, parseListen } from '../src/config.js';
+import { tempDir, writeFile600 } from './lib/harness.js';
+
+t.test('defaults from the contract', async (t) => {
+  const r = parseConfig('upstream: http://127.0.0.1:8081\nusersFile: users\n', 'c.yaml', '/etc/otpgate');
+  if (!r.ok) throw new Error(r.errors.join('\n'));
+  const c = r.config;
+  t.same(c.listen, { host: '127.0.0.1', port: 8080 });
+  t.equal(c.upstream.href, 'http://127.0.0.1:8081/');
+  t.equal(c.usersFile, '/etc/otpgate/users', 'relative to the config file');
+  t.match(c, {
+    realm: 'Helpdesk', maxOffset: 4, maxLinger: 600, logoutOnIpChange: false, maxFailures: 5, lockoutSeconds: 300,
+    upstreamTimeout: 60, identityHeader: 'Remote-User', logoutPath: '/otpgate/logout', healthPath: '/otpgate/health',
+  });
+  t.equal(c.maxIdle, undefined);
+  t.equal(c.tls, undefined);
+  t.same(c.trustedProxies, []);
+});
+
+t.test('every key set', async (t) => {
+  const r = parseConfig(`
+listen: "[::1]:9443"
+upstream: https://helpdesk.internal/otrs
+usersFile: /var/lib/otpgate/otp-users
+realm: Znuny
+maxOffset: 8
+maxLinger: 900
+maxIdle: 300
+logoutOnIpChange: true
+maxFailures: 0
+lockoutSeconds: 0
+upstreamTimeout: 2.5
+identityHeader: X-Auth-User
+logoutPath: /logout
+healthPath: /healthz
+tls: { cert: tls/cert.pem, key: tls/key.pem }
+trustedProxies: [10.0.0.0/8, "::1", 192.0.2.1]
+`, 'c.yaml', '/etc/otpgate');
+  if (!r.ok) throw new Error(r.errors.join('\n'));
+  t.same(r.config.listen, { host: '::1', port: 9443 });
+  t.same(r.config.tls, { cert: '/etc/otpgate/tls/cert.pem', key: '/etc/otpgate/tls/key.pem' });
+  t.ok(r.config.trusted.check('10.2.3.4', 'ipv4'));
+  t.notOk(r.config.trusted.check('11.2.3.4', 'ipv4'));
+  t.equal(r.config.maxIdle, 300);
+});
+
+t.test('all errors at once, one line each naming the file and key', async (t) => {
+  const r = parseConfig(`
+listen: nowhere
+upstream: ftp://x
+maxOffset: many
+maxLinger: -1
+maxIdle: 0
+logoutOnIpChange: "yes"
+identityHeader: "Bad Header"
+logoutPath: logout
+tls: { cert: a }
+trustedProxies: [10.0.0.0/33, banana]
+colour: blue
+`, 'otpgate.yaml', '/etc');
+  t.equal(r.ok, false);
+  if (r.ok) return;
+  const text = r.errors.join('\n');
+  for (const key of ['maxOffset', 'maxLinger', 'maxIdle', 'logoutOnIpChange', 'identityHeader', 'logoutPath', 'tls.key', 'colour']) {
+    t.match(text, new RegExp(`^otpgate\\.yaml: ${key.replace('.', '\\.')}: `, 'm'), key);
+  }
+  t.match(text, /colour: unknown key/);
+  t.notMatch(text, /\n\n/);
+  for (const line of r.errors) t.notMatch(line, /\n/, 'one line each');
+  // the second phase (listen, upstream, trustedProxies) once the schema holds
+  const r2 = parseConfig('listen: nowhere\nupstream: ftp://x\nusersFile: u\ntrustedProxies: [10.0.0.0/33, banana]\n', 'o.yaml', '/');
+  t.equal(r2.ok, false);
+  if (r2.ok) return;
+  t.match(r2.errors.join('\n'), /o\.yaml: listen: .*\no\.yaml: upstream: .*\no\.yaml: trustedProxies\[0\].*\no\.yaml: trustedProxies\[1\]/);
+});
+
+t.test('required keys, identity headers that cannot work, YAML syntax errors', async (t) => {
+  const r = parseConfig('realm: x\n', 'c.yaml', '/');
+  t.equal(r.ok, false);
+  if (!r.ok) t.match(r.errors.join('\n'), /upstream: required/);
+  for (const h of ['Authorization', 'Host', 'Connection', 'X-Forwarded-For', 'x_forwarded_for', 'Cookie']) {
+    const r2 = parseConfig(`upstream: http://a\nusersFile: u\nidentityHeader: ${h}\n`, 'c.yaml', '/');
+    t.equal(r2.ok, false, h);
+  }
+  const bad = parseConfig('upstream: [unclosed\n', 'c.yaml', '/');
+  t.equal(bad.ok, false);
+  if (!bad.ok) t.match(bad.errors[0], /^c\.yaml:\d+:\d+: /);
+  const dup = parseConfig('upstream: http://a\nupstream: http://b\nusersFile: u\n', 'c.yaml', '/');
+  t.equal(dup.ok, false, 'duplicate keys');
+  const list = parseConfig('- a\n- b\n', 'c.yaml', '/');
+  t.equal(list.ok, false);
+  t.equal(parseConfig('upstream: http://user:pw@a\nusersFile: u\n', 'c.yaml', '/').ok, false, 'no credentials in upstream');
+});
+
+t.test('listen addresses', async (t) => {
+  t.same(parseListen('0.0.0.0:80'), { host: '0.0.0.0', port: 80 });
+  t.same(parseListen('[::]:8080'), { host: '::', port: 8080 });
+  t.same(parseListen('localhost:1'), { host: 'localhost', port: 1 });
+  t.equal(parseListen('::1:8080'), undefined, 'IPv6 needs brackets');
+  t.equal(parseListen('host:99999'), undefined);
+  t.equal(parseListen('[nothex]:80'), undefined);
+  t.equal(parseListen('8080'), undefined);
+});
+
+t.test('loadConfig reads the file and names it when it cannot', async (t) => {
+  const dir = tempDir(t);
+  const file = writeFile600(join(dir, 'otpgate.yaml'), 'upstream: http://127.0.0.1:1\nusersFile: ./users\n');
+  const r = loadConfig(file);
+  t.equal(r.ok, true);
+  if (r.ok) t.equal(r.config.usersFile, join(dir, 'users'));
+  const missing = loadConfig(join(dir, 'nope.yaml'));
+  t.equal(missing.ok, false);
+  if (!missing.ok) t.match(missing.errors[0], /nope\.yaml: cannot read config file \(ENOENT\)/);
+});

@@ -1,0 +1,131 @@
+// Shared test tools: temp dirs, real servers on 127.0.0.1 port 0, a plain HTTP
+// client, and an OTP implementation written independently of src/ (RFC 4226
+// straight from node:crypto), so tests check the gateway against the RFC.
+import { createHmac } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pino, type Logger } from 'pino';
+
+export const tempDir = (t: { teardown(fn: () => void): void }, prefix = 'otpgate-test-'): string => {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+};
+
+export function writeFile600(path: string, text: string | Buffer): string {
+  writeFileSync(path, text, { mode: 0o600 });
+  return path;
+}
+
+/** RFC 4226, independently of src/otp.ts. */
+export function rfcHotp(keyHex: string, counter: number, digits = 6): string {
+  const msg = Buffer.alloc(8);
+  msg.writeBigUInt64BE(BigInt(counter));
+  const h = createHmac('sha1', Buffer.from(keyHex, 'hex')).update(msg).digest();
+  const o = (h[h.length - 1] as number) & 0xf;
+  const v = (((h[o] as number) & 0x7f) << 24) | ((h[o + 1] as number) << 16) | ((h[o + 2] as number) << 8) | (h[o + 3] as number);
+  return digits >= 10 ? String(v).padStart(10, '0') : String(v % 10 ** digits).padStart(digits, '0');
+}
+
+export const rfcTotp = (keyHex: string, epochSeconds: number, step = 30, digits = 6): string =>
+  rfcHotp(keyHex, Math.floor(epochSeconds / step), digits);
+
+export const basic = (login: string, password: string): string =>
+  `Basic ${Buffer.from(`${login}:${password}`, 'utf8').toString('base64')}`;
+
+/** A logger that keeps every line, for assertions on audit events. */
+export function memoryLogger(level: pino.LevelWithSilent = 'debug'): { log: Logger; lines: Record<string, unknown>[]; text: () => string } {
+  const lines: Record<string, unknown>[] = [];
+  const raw: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb): void {
+      for (const line of chunk.toString('utf8').split('\n')) {
+        if (line) {
+          raw.push(line);
+          lines.push(JSON.parse(line) as Record<string, unknown>);
+        }
+      }
+      cb();
+    },
+  });
+  return { log: pino({ level }, sink), lines, text: () => raw.join('\n') };
+}
+
+export interface Seen {
+  method: string;
+  url: string;
+  headers: IncomingHttpHeaders;
+  rawHeaders: string[];
+  body: Buffer;
+}
+
+/** A backend that records what reached it; the default handler answers 200 with a JSON echo. */
+export async function startBackend(
+  t: { teardown(fn: () => void | Promise<void>): void },
+  handler?: (req: IncomingMessage, res: ServerResponse, body: Buffer) => void,
+): Promise<{ server: Server; port: number; url: string; seen: Seen[] }> {
+  const seen: Seen[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      seen.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, rawHeaders: req.rawHeaders, body });
+      if (handler) {
+        handler(req, res, body);
+        return;
+      }
+      const out = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, bodyLength: body.length });
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(out);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => {
+    server.closeAllConnections();
+    server.close(() => resolve());
+  }));
+  const port = (server.address() as AddressInfo).port;
+  return { server, port, url: `http://127.0.0.1:${port}`, seen };
+}
+
+export interface Reply {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: Buffer;
+  text: string;
+}
+
+export interface RequestOptions {
+  method?: string;
+  path?: string;
+  headers?: Record<string, string | string[]>;
+  body?: Buffer | string;
+  auth?: [string, string];
+  host?: string;
+}
+
+/** One request on its own connection. */
+export function request(port: number, opts: RequestOptions = {}): Promise<Reply> {
+  const headers: Record<string, string | string[]> = { ...(opts.headers ?? {}) };
+  if (opts.auth) headers.Authorization = basic(opts.auth[0], opts.auth[1]);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({
+      host: opts.host ?? '127.0.0.1', port, method: opts.method ?? 'GET', path: opts.path ?? '/', headers, agent: false,
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const body = Buffer.concat(chunks);
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, text: body.toString('utf8') });
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
