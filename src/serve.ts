@@ -24,6 +24,11 @@ export function policyOf(config: Config): Policy {
   };
 }
 
+/** Start, reload and stop are always logged, even at logLevel warn or error (not when silent). */
+function lifecycle(log: Logger): Logger {
+  return log.level === 'silent' || log.isLevelEnabled('info') ? log : log.child({}, { level: 'info' });
+}
+
 export function configFileFrom(option: string | undefined): string {
   return option ?? process.env.OTPGATE_CONFIG ?? '/etc/otpgate/otpgate.yaml';
 }
@@ -74,7 +79,7 @@ export async function start(config: Config, log: Logger, reread?: () => Config):
     const code = (err as NodeJS.ErrnoException).code ?? 'error';
     throw new CliError(`${config.source}: listen: cannot listen on ${config.listen.host}:${config.listen.port} (${code})`, 1);
   }
-  log.info({
+  lifecycle(log).info({
     event: 'start', version: VERSION, listen: `${address.address}:${address.port}`, tls: Boolean(config.tls),
     upstream: config.upstream.href, usersFile: config.usersFile, users: users.userCount, malformedLines: users.malformedLines,
   }, `otpgate ${VERSION} listening on ${config.tls ? 'https' : 'http'}://${address.address}:${address.port}, upstream ${config.upstream.href}`);
@@ -119,7 +124,7 @@ export async function start(config: Config, log: Logger, reread?: () => Config):
       }
       log.level = next.logLevel;
       current = next;
-      log.info({ event: 'reload', users: nextUsers.userCount }, 'configuration and users file reloaded');
+      lifecycle(log).info({ event: 'reload', users: nextUsers.userCount }, 'configuration and users file reloaded');
       return true;
     },
     async stop(): Promise<void> {
@@ -140,7 +145,7 @@ export async function serve(configFile: string): Promise<void> {
     void running.reload();
   });
   const stop = (signal: string): void => {
-    log.info({ event: 'stop', signal }, `${signal}: stopping`);
+    lifecycle(log).info({ event: 'stop', signal }, `${signal}: stopping`);
     running.stop().then(() => {
       log.flush();
       process.exit(0);

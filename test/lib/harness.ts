@@ -1,12 +1,14 @@
 // Shared test tools: temp dirs, real servers on 127.0.0.1 port 0, a plain HTTP
 // client, and an OTP implementation written independently of src/ (RFC 4226
 // straight from node:crypto), so tests check the gateway against the RFC.
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Writable } from 'node:stream';
 import { pino, type Logger } from 'pino';
 
@@ -127,5 +129,54 @@ export function request(port: number, opts: RequestOptions = {}): Promise<Reply>
     });
     req.on('error', reject);
     req.end(opts.body);
+  });
+}
+
+export interface SpawnedGateway {
+  child: ChildProcess;
+  port: number;
+  /** every JSON line the gateway logged so far */
+  logs: Record<string, unknown>[];
+  stderr: () => string;
+  exited: Promise<number | null>;
+}
+
+export const BIN = fileURLToPath(new URL('../../bin/otpgate', import.meta.url));
+
+/**
+ * Run the real `otpgate` executable as a child process. The test runner injects
+ * its coverage hooks into children through NODE_OPTIONS; `env -u` keeps them
+ * out, so the child is exactly what an operator runs.
+ */
+export function spawnOtpgate(args: readonly string[], extraEnv: Record<string, string> = {}): ChildProcess {
+  return spawn('env', ['-u', 'NODE_OPTIONS', process.execPath, BIN, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...extraEnv },
+  });
+}
+
+/** Run `otpgate serve` as a real child process; resolves once it logged its start line. */
+export function spawnGateway(configFile: string, extraEnv: Record<string, string> = {}): Promise<SpawnedGateway> {
+  const child = spawnOtpgate(['serve', '--config', configFile], extraEnv);
+  const logs: Record<string, unknown>[] = [];
+  let err = '';
+  let partial = '';
+  child.stderr?.on('data', (c: Buffer) => { err += c.toString('utf8'); });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return new Promise((resolve, reject) => {
+    child.stdout?.on('data', (c: Buffer) => {
+      partial += c.toString('utf8');
+      const lines = partial.split('\n');
+      partial = lines.pop() ?? '';
+      for (const line of lines) {
+        if (!line) continue;
+        const entry = JSON.parse(line) as Record<string, unknown>;
+        logs.push(entry);
+        if (entry.event === 'start') {
+          resolve({ child, port: Number(String(entry.listen).split(':').pop()), logs, stderr: () => err, exited });
+        }
+      }
+    });
+    void exited.then((code) => reject(new Error(`gateway exited (${code}) before starting: ${err}`)));
+    setTimeout(() => reject(new Error(`gateway did not start within 15 s: ${err}`)), 15_000).unref();
   });
 }

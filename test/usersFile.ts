@@ -1,0 +1,220 @@
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { chmodSync, existsSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Policy } from '../src/decision.js';
+import { UsersFile, UsersFileError, permissionProblem, type Outcome } from '../src/usersFile.js';
+import { formatLocalTime } from '../src/localTime.js';
+import { memoryLogger, rfcHotp, rfcTotp, tempDir, writeFile600 } from './lib/harness.js';
+
+const KEY = '3132333435363738393031323334353637383930';
+const policy: Policy = { maxOffset: 4, maxLinger: 600, logoutOnIpChange: false, maxFailures: 5, lockoutSeconds: 300 };
+
+interface Setup {
+  users: UsersFile;
+  path: string;
+  logs: ReturnType<typeof memoryLogger>;
+  clock: { now: number };
+}
+
+function setup(t: { teardown(fn: () => void | Promise<void>): void }, text: string, options: { policy?: Policy; pollMs?: number; mode?: number; lockTimeoutMs?: number } = {}): Setup {
+  const dir = tempDir(t);
+  const path = join(dir, 'otp-users');
+  writeFileSync(path, text, { mode: options.mode ?? 0o600 });
+  chmodSync(path, options.mode ?? 0o600);
+  const logs = memoryLogger();
+  const clock = { now: 1_700_000_000 };
+  const users = new UsersFile({
+    path, policy: options.policy ?? policy, log: logs.log, clock: () => clock.now, pollMs: options.pollMs ?? 0,
+    lockTimeoutMs: options.lockTimeoutMs ?? 5000,
+  });
+  t.teardown(() => users.close());
+  return { users, path, logs, clock };
+}
+
+const fieldsOf = (path: string, login: string): string[] => {
+  const line = readFileSync(path, 'utf8').split('\n').find((l) => l.split(/\s+/)[1] === login);
+  if (line === undefined) throw new Error(`no line for ${login}`);
+  return line.trim().split(/\s+/);
+};
+
+const waitFor = async (what: () => boolean, ms = 5000): Promise<boolean> => {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    if (what()) return true;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return what();
+};
+
+t.test('a login is on disk, in the line\'s layout, before it is answered', async (t) => {
+  const { users, path, clock } = setup(t, `# team\nHOTP alice 1234 ${KEY} 0\nMOTP other - ${KEY}\n`);
+  const outcome = await users.authenticate('alice', `1234${rfcHotp(KEY, 2)}`, '192.0.2.10');
+  t.match(outcome, { granted: true, reason: 'ok' });
+  t.same(fieldsOf(path, 'alice'), ['HOTP', 'alice', '1234', KEY, '3', rfcHotp(KEY, 2), formatLocalTime(clock.now), '192.0.2.10'],
+    'pam_oath-readable line becomes 8 fields: counter used+1, last OTP, local time, IP');
+  t.match(readFileSync(path, 'utf8'), /^# team\n/, 'other lines untouched');
+  t.notOk(existsSync(`${path}.new`), 'no temp file left');
+  t.notOk(existsSync(`${path}.lock`), 'no lock file left');
+  const again = users.authenticate('alice', `1234${rfcHotp(KEY, 2)}`, '192.0.2.10');
+  t.notOk(again instanceof Promise, 'a linger is answered without waiting for the disk');
+  t.match(await again, { granted: true, reason: 'linger' });
+});
+
+t.test('a linger recorded by mod_authn_otp is honoured, and survives a restart of the store', async (t) => {
+  const now = 1_700_000_000;
+  const code = rfcHotp(KEY, 20);
+  const line = `HOTP bob 1 ${KEY} 21 0 ${code} ${formatLocalTime(now - 60)} 10.0.0.7\n`;
+  const { users, path } = setup(t, line);
+  t.match(await users.authenticate('bob', `1${code}`, '10.0.0.7'), { granted: true, reason: 'linger' });
+  t.equal(readFileSync(path, 'utf8'), line, 'a linger writes nothing');
+});
+
+t.test('group commit: concurrent logins of many users, exact counters, few writes', async (t) => {
+  const n = 60;
+  const text = Array.from({ length: n }, (_, i) => `HOTP u${i} - ${KEY} ${i}\n`).join('');
+  const { users, path, logs } = setup(t, text);
+  const rounds = 3;
+  for (let r = 0; r < rounds; r++) {
+    const results = await Promise.all(Array.from({ length: n }, (_, i) => users.authenticate(`u${i}`, rfcHotp(KEY, i + r), '10.0.0.1')));
+    t.ok(results.every((o) => o.granted && o.reason === 'ok'), `round ${r}: all ${n} logins granted`);
+  }
+  for (let i = 0; i < n; i++) t.equal(fieldsOf(path, `u${i}`)[4], String(i + rounds), `u${i} counter exact`);
+  const writes = logs.lines.filter((l) => l.event === 'users_file_write').length;
+  t.ok(writes < n, `${rounds * n} logins took ${writes} writes`);
+});
+
+t.test('failures are counted exactly under concurrency, in the file where the layout has the field', async (t) => {
+  const { users, path } = setup(t, `HOTP carol 1 ${KEY} 0 0\nHOTP dave 1 ${KEY} 0\n`, { policy: { ...policy, maxFailures: 0 } });
+  const wrong = await Promise.all(Array.from({ length: 40 }, () => users.authenticate('carol', '1000000', '10.0.0.1')));
+  t.ok(wrong.every((o) => !o.granted && o.reason === 'bad_otp' && o.counted));
+  t.same(fieldsOf(path, 'carol').slice(4), ['0', '40'], 'mod_authn_otp layout: 6 fields, failure count exact');
+  await Promise.all(Array.from({ length: 7 }, () => users.authenticate('dave', '1000000', '10.0.0.1')));
+  t.same(fieldsOf(path, 'dave'), ['HOTP', 'dave', '1', KEY, '0'], 'pam_oath layout has no failure field: the file is left alone');
+  t.match(await users.authenticate('carol', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true });
+  t.equal(fieldsOf(path, 'carol')[5], '0', 'success resets the count');
+});
+
+t.test('lock after maxFailures; the lock ends by itself (clock injected)', async (t) => {
+  const { users, clock } = setup(t, `HOTP erin 1 ${KEY} 0 0\n`);
+  for (let i = 0; i < 5; i++) await users.authenticate('erin', '1000000', '10.0.0.1');
+  t.match(await users.authenticate('erin', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: false, reason: 'locked' });
+  clock.now += 300;
+  t.match(await users.authenticate('erin', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true, reason: 'ok' });
+});
+
+t.test('a file locked by mod_authn_otp\'s failure count is locked from when otpgate first sees it', async (t) => {
+  const { users, clock } = setup(t, `HOTP frank 1 ${KEY} 0 9\n`);
+  t.match(await users.authenticate('frank', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { reason: 'locked' });
+  clock.now += 301;
+  t.match(await users.authenticate('frank', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true });
+});
+
+t.test('unknown users and users with a malformed line', async (t) => {
+  const text = `HOTP gina 1 ${KEY} 0\nHOTP gina 2 nothex\nHOTP hank 1 ${KEY} 0\nHOTP/T30 broken x ${KEY} 0 1 2 3 4 5\n`;
+  const { users, path, logs } = setup(t, text);
+  t.match(await users.authenticate('nobody', '1123456', '10.0.0.1'), { granted: false, reason: 'unknown_user' });
+  t.match(await users.authenticate('gina', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'),
+    { granted: false, reason: 'unknown_user', detail: 'malformed line in users file' }, 'a user with a malformed line is refused');
+  t.match(await users.authenticate('hank', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true }, 'others log in');
+  const warnings = logs.lines.filter((l) => l.event === 'users_file_line').map((l) => l.msg);
+  t.same(warnings, [`${path}:2: key is not an even number of hex digits`, `${path}:4: too many fields (10)`]);
+  const after = readFileSync(path, 'utf8').split('\n');
+  t.equal(after[1], 'HOTP gina 2 nothex', 'malformed lines kept byte for byte');
+  t.equal(after[3], `HOTP/T30 broken x ${KEY} 0 1 2 3 4 5`);
+  t.equal(users.malformedLines, 2);
+});
+
+t.test('edits by admins: re-read before each write, so no edit is lost', async (t) => {
+  const { users, path } = setup(t, `HOTP ivan 1 ${KEY} 0\nHOTP jane 1 ${KEY} 0\n`);
+  // An admin resets jane's counter in place while the store holds the old content (no polling).
+  writeFileSync(path, `HOTP ivan 1 ${KEY} 0\nHOTP jane 1 ${KEY} 50\n`);
+  t.match(await users.authenticate('ivan', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true });
+  t.equal(fieldsOf(path, 'jane')[4], '50', 'the admin\'s edit survives our write');
+  t.match(await users.authenticate('jane', `1${rfcHotp(KEY, 50)}`, '10.0.0.1'), { granted: true }, 'and is used');
+});
+
+t.test('edits by admins are noticed without a restart (in place and by rename)', async (t) => {
+  const { users, path } = setup(t, `HOTP kim 1 ${KEY} 0\n`, { pollMs: 50 });
+  writeFileSync(path, `HOTP kim 1 ${KEY} 0\nHOTP lou 1 ${KEY} 0\n`);
+  t.ok(await waitFor(() => users.userCount === 2), 'in-place edit seen');
+  writeFile600(`${path}.edit`, `HOTP kim 1 ${KEY} 0\nHOTP lou 1 ${KEY} 0\nHOTP max 1 ${KEY} 0\n`);
+  renameSync(`${path}.edit`, path);
+  t.ok(await waitFor(() => users.userCount === 3), 'rename over the file seen');
+  t.match(await users.authenticate('max', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true });
+});
+
+t.test('a missing or unreadable file', async (t) => {
+  const dir = tempDir(t);
+  const { log } = memoryLogger();
+  t.throws(() => new UsersFile({ path: join(dir, 'none'), policy, log, pollMs: 0 }),
+    new UsersFileError(`${join(dir, 'none')}: cannot read users file (no such file)`));
+  const { users, path } = setup(t, `HOTP ned 1 ${KEY} 0\n`, { pollMs: 50 });
+  unlinkSync(path);
+  t.ok(await waitFor(() => !users.usable), 'deleted file: unusable');
+  t.match(users.unusableReason, /ENOENT/);
+  t.match(await users.authenticate('ned', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: false, unavailable: true });
+  writeFile600(path, `HOTP ned 1 ${KEY} 0\n`);
+  t.ok(await waitFor(() => users.usable), 'back when the file is back');
+  t.match(await users.authenticate('ned', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true });
+});
+
+t.test('mode and owner are kept on rewrite; permissions check', async (t) => {
+  const { users, path } = setup(t, `HOTP olga 1 ${KEY} 0\n`, { mode: 0o640 });
+  const before = statSync(path);
+  await users.authenticate('olga', `1${rfcHotp(KEY, 0)}`, '10.0.0.1');
+  const after = statSync(path);
+  t.not(after.ino, before.ino, 'replaced by rename');
+  t.equal(after.mode & 0o7777, 0o640);
+  t.equal(after.uid, before.uid);
+  t.equal(after.gid, before.gid);
+  t.match(permissionProblem(path, after.mode), /readable or writable by group or others \(mode 640\)/);
+  t.equal(permissionProblem(path, 0o100600), undefined);
+});
+
+t.test('a lock held by another program: the write waits, or fails closed after the timeout', async (t) => {
+  const { users, path } = setup(t, `HOTP pia 1 ${KEY} 0\n`, { lockTimeoutMs: 400 });
+  const child = spawn('flock', ['-o', `${path}.lock`, 'sleep', '3'], { stdio: 'ignore' });
+  t.teardown(() => { child.kill(); });
+  await waitFor(() => existsSync(`${path}.lock`));
+  await new Promise((r) => setTimeout(r, 100));
+  const outcome = await users.authenticate('pia', `1${rfcHotp(KEY, 0)}`, '10.0.0.1');
+  t.match(outcome, { granted: false, unavailable: true }, 'no 200 without the counter on disk');
+  t.equal(fieldsOf(path, 'pia')[4], '0');
+  child.kill();
+  await new Promise((r) => child.once('exit', r));
+  t.match(await users.authenticate('pia', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true }, 'the code was not consumed');
+});
+
+t.test('a stale temp file from a crashed writer is removed', async (t) => {
+  const { users, path } = setup(t, `HOTP quin 1 ${KEY} 0\n`);
+  writeFileSync(`${path}.new`, 'half a file');
+  await users.removeStaleTemp();
+  t.notOk(existsSync(`${path}.new`));
+});
+
+t.test('liboath 7-field time-token line: stays 7 fields, lingers in memory, never replays', async (t) => {
+  const now = 1_700_000_010;
+  const prev = rfcTotp(KEY, now - 90);
+  const { users, path, clock } = setup(t, `HOTP/T30 rita - ${KEY} 3 ${prev} ${formatLocalTime(now - 90)}\n`);
+  clock.now = now;
+  t.match(await users.authenticate('rita', prev, '10.0.0.1'), { granted: false }, 'a pam_oath login does not linger');
+  const code = rfcTotp(KEY, now);
+  t.match(await users.authenticate('rita', code, '10.0.0.1'), { granted: true, reason: 'ok' });
+  const f = fieldsOf(path, 'rita');
+  t.equal(f.length, 7, 'still readable by pam_oath');
+  t.same(f.slice(4, 6), ['3', code], 'liboath bookkeeping kept, last OTP recorded');
+  t.match(await users.authenticate('rita', code, '10.0.0.1'), { granted: true, reason: 'linger' }, 'linger held in memory');
+  clock.now += 601;
+  t.match(await users.authenticate('rita', code, '10.0.0.1'), { granted: false });
+});
+
+t.test('reload() picks up the file now and setPolicy() changes the rules', async (t) => {
+  const { users, path } = setup(t, `HOTP sam 1 ${KEY} 0\n`);
+  writeFileSync(path, `HOTP sam 1 ${KEY} 0\nHOTP tom 1 ${KEY} 0\n`);
+  await users.reload();
+  t.equal(users.userCount, 2);
+  users.setPolicy({ ...policy, maxOffset: 0 });
+  const far: Outcome = await users.authenticate('tom', `1${rfcHotp(KEY, 1)}`, '10.0.0.1');
+  t.match(far, { granted: false }, 'maxOffset 0: only the expected counter');
+});
