@@ -139,20 +139,26 @@ export async function start(config: Config, log: Logger, reread?: () => Config):
 export async function serve(configFile: string): Promise<void> {
   const config = readConfig(configFile);
   const log = createLogger(config.logLevel);
-  const running = await start(config, log, () => readConfig(configFile));
+  let running: Running | undefined;
+  let stopping = false;
+  // Handlers go in before the start line is logged: whoever reads that line may signal at once.
   process.on('SIGHUP', () => {
+    if (!running || stopping) return;
     log.info({ event: 'reload' }, 'SIGHUP: reloading');
     void running.reload();
   });
   const stop = (signal: string): void => {
+    stopping = true;
     lifecycle(log).info({ event: 'stop', signal }, `${signal}: stopping`);
-    running.stop().then(() => {
+    void (running?.stop() ?? Promise.resolve()).then(() => {
       log.flush();
       process.exit(0);
     }, () => process.exit(1));
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
+  running = await start(config, log, () => readConfig(configFile));
+  if (stopping) await running.stop();
 }
 
 /** `otpgate check-config`: every problem of the config and its users file, one per line. */

@@ -1,0 +1,193 @@
+// The real executable as child processes: exit statuses, one-line errors,
+// check-config, serve with SIGHUP/SIGTERM, and the demo.
+import t from 'tap';
+import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseConfig } from '../src/config.js';
+import { parseUsersFile } from '../src/usersFileFormat.js';
+import { VERSION } from '../src/logger.js';
+import { request, rfcHotp, rfcTotp, spawnGateway, spawnOtpgate, startBackend, tempDir, writeFile600 } from './lib/harness.js';
+
+const KEY = '3132333435363738393031323334353637383930';
+const ROOT = new URL('..', import.meta.url);
+
+function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawnOtpgate(args, env);
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.on('data', (c: Buffer) => { stdout += c.toString(); });
+  child.stderr?.on('data', (c: Buffer) => { stderr += c.toString(); });
+  return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
+}
+
+function project(t: Tap, users = `HOTP alice 1234 ${KEY} 0\n`, extra = ''): { dir: string; config: string; usersFile: string } {
+  const dir = tempDir(t);
+  const usersFile = writeFile600(join(dir, 'otp-users'), users);
+  const config = writeFile600(join(dir, 'otpgate.yaml'),
+    `listen: 127.0.0.1:0\nupstream: http://127.0.0.1:9\nusersFile: otp-users\n${extra}`);
+  return { dir, config, usersFile };
+}
+
+type Tap = { teardown(fn: () => void | Promise<void>): void };
+
+const noStackTrace = (text: string): boolean => !/\n\s+at |Error:/.test(text);
+
+t.test('--help, --version, and usage errors exit 2', async (t) => {
+  const help = await run(['--help']);
+  t.equal(help.code, 0);
+  t.match(help.stdout, /serve[\s\S]*demo[\s\S]*check-config/);
+  const version = await run(['--version']);
+  t.equal(version.code, 0);
+  t.equal(version.stdout.trim(), VERSION);
+  const bad = await run(['frobnicate']);
+  t.equal(bad.code, 2);
+  t.match(bad.stderr, /unknown command/);
+  const badOption = await run(['serve', '--nope']);
+  t.equal(badOption.code, 2);
+});
+
+t.test('check-config: ok, with a summary', async (t) => {
+  const { config } = project(t);
+  const r = await run(['check-config', '--config', config]);
+  t.equal(r.code, 0);
+  t.match(r.stdout, /otpgate\.yaml: ok \(1 users, 1 tokens\)/);
+  const viaEnv = await run(['check-config'], { OTPGATE_CONFIG: config });
+  t.equal(viaEnv.code, 0, '$OTPGATE_CONFIG is the default');
+});
+
+t.test('check-config: every problem, one line each, exit 2', async (t) => {
+  const { dir, config, usersFile } = project(t, `HOTP alice 1234 ${KEY} 0\nHOTP bob x zz\nTOTP carl - ${KEY}\n`);
+  const r = await run(['check-config', '--config', config]);
+  t.equal(r.code, 2);
+  t.same(r.stderr.trim().split('\n'), [`${usersFile}:2: key is not an even number of hex digits`, `${usersFile}:3: invalid token type "TOTP"`]);
+  const badConfig = writeFile600(join(dir, 'bad.yaml'), 'upstream: nope\nmaxOffset: -1\ncolour: red\nusersFile: otp-users\n');
+  const b = await run(['check-config', '--config', badConfig]);
+  t.equal(b.code, 2);
+  const lines = b.stderr.trim().split('\n');
+  t.same(lines.length, 2, 'schema problems first, all at once');
+  t.match(b.stderr, /bad\.yaml: maxOffset: /);
+  t.match(b.stderr, /bad\.yaml: colour: unknown key/);
+  t.ok(noStackTrace(b.stderr));
+  writeFileSync(usersFile, `HOTP alice 1234 ${KEY} 0\n`, { mode: 0o644 });
+  chmodSync(usersFile, 0o644);
+  const perms = await run(['check-config', '--config', config]);
+  t.equal(perms.code, 2);
+  t.match(perms.stderr, /readable or writable by group or others \(mode 644\)/);
+});
+
+t.test('the shipped example config and users file are valid', async (t) => {
+  const text = readFileSync(new URL('config/otpgate.yaml', ROOT), 'utf8');
+  const r = parseConfig(text, 'config/otpgate.yaml', '/etc/otpgate');
+  t.ok(r.ok, r.ok ? 'valid' : r.errors.join('\n'));
+  const users = parseUsersFile(readFileSync(new URL('otp-users.example', ROOT)));
+  t.same(users.problems, []);
+  t.ok(users.tokenCount >= 9, 'covers every layout');
+  t.same([...new Set(users.parsed.flatMap((p) => (p.kind === 'token' ? [p.token.fieldCount] : [])))].sort(), [4, 5, 6, 7, 8, 9]);
+});
+
+t.test('serve: startup failures are one line with the right exit status', async (t) => {
+  const missing = project(t);
+  rmSync(missing.usersFile);
+  const r1 = await run(['serve', '--config', missing.config]);
+  t.equal(r1.code, 1, 'missing users file: exit 1');
+  t.equal(r1.stderr.trim(), `${missing.usersFile}: cannot read users file (no such file)`);
+  const open = project(t);
+  chmodSync(open.usersFile, 0o640);
+  const r2 = await run(['serve', '--config', open.config]);
+  t.equal(r2.code, 2, 'group-readable users file: exit 2');
+  t.match(r2.stderr, /otp-users: readable or writable by group or others \(mode 640\); chmod 600 it, or set allowInsecurePermissions: true/);
+  const allowed = project(t, `HOTP alice 1 ${KEY} 0\n`, 'allowInsecurePermissions: true\n');
+  chmodSync(allowed.usersFile, 0o640);
+  const gw = await spawnGateway(allowed.config);
+  t.ok(gw.port > 0, 'the documented override starts it');
+  gw.child.kill('SIGTERM');
+  t.equal(await gw.exited, 0);
+  const bad = project(t);
+  writeFileSync(bad.config, 'upstream: http://x\n');
+  const r3 = await run(['serve', '--config', bad.config]);
+  t.equal(r3.code, 2);
+  t.match(r3.stderr, /otpgate\.yaml: usersFile: required/);
+  const busy = project(t);
+  const taken = await startBackend(t);
+  writeFileSync(busy.config, `listen: 127.0.0.1:${taken.port}\nupstream: http://127.0.0.1:9\nusersFile: otp-users\n`);
+  const r4 = await run(['serve', '--config', busy.config]);
+  t.equal(r4.code, 1);
+  t.match(r4.stderr, /listen: cannot listen on 127\.0\.0\.1:\d+ \(EADDRINUSE\)/);
+  for (const r of [r1, r2, r3, r4]) t.ok(noStackTrace(r.stderr), 'no stack trace');
+});
+
+t.test('serve: start line, a login, SIGHUP reload (good and bad), SIGTERM', async (t) => {
+  const backend = await startBackend(t);
+  const { config, usersFile } = project(t);
+  writeFileSync(config, `listen: 127.0.0.1:0\nupstream: ${backend.url}\nusersFile: otp-users\nrealm: First\n`);
+  const gw = await spawnGateway(config);
+  const start = gw.logs.find((l) => l.event === 'start');
+  t.match(start, { version: VERSION, upstream: `${backend.url}/`, users: 1, usersFile });
+  t.match(String(start?.listen), /^127\.0\.0\.1:\d+$/);
+  const ok = await request(gw.port, { auth: ['alice', `1234${rfcHotp(KEY, 0)}`] });
+  t.equal(ok.status, 200);
+  t.equal(backend.seen.at(-1)?.headers['remote-user'], 'alice');
+  const waitLog = async (event: string, n: number): Promise<void> => {
+    for (let i = 0; i < 250 && gw.logs.filter((l) => l.event === event).length < n; i++) await new Promise((r) => setTimeout(r, 20));
+  };
+  writeFileSync(config, `listen: 127.0.0.1:0\nupstream: ${backend.url}\nusersFile: otp-users\nrealm: Second\n`);
+  gw.child.kill('SIGHUP');
+  await waitLog('reload', 2);
+  t.match((await request(gw.port)).headers['www-authenticate'], /realm="Second"/, 'new config in use');
+  writeFileSync(config, 'upstream: [broken\n');
+  gw.child.kill('SIGHUP');
+  await waitLog('reload_failed', 2);
+  t.ok(gw.logs.some((l) => l.event === 'reload_failed' && /otpgate\.yaml:\d+:\d+: /.test(String(l.msg))), 'why it failed is logged');
+  t.match((await request(gw.port)).headers['www-authenticate'], /realm="Second"/, 'a bad reload keeps the running config');
+  t.equal((await request(gw.port, { auth: ['alice', `1234${rfcHotp(KEY, 0)}`] })).status, 200, 'still serving the linger');
+  gw.child.kill('SIGTERM');
+  t.equal(await gw.exited, 0, 'SIGTERM: clean exit');
+  t.ok(gw.logs.some((l) => l.event === 'stop'));
+  t.equal(gw.stderr(), '', 'nothing on stderr');
+});
+
+t.test('demo: prints how to log in, a real login works, Ctrl-C exits cleanly', async (t) => {
+  const child = spawnOtpgate(['demo'], { OTPGATE_DEMO_LISTEN: '127.0.0.1:0' });
+  let out = '';
+  child.stdout?.on('data', (c: Buffer) => { out += c.toString(); });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  for (let i = 0; i < 300 && !/current code/.test(out); i++) await new Promise((r) => setTimeout(r, 20));
+  const url = /Open\s+(http:\/\/127\.0\.0\.1:(\d+)\/)/.exec(out);
+  const password = /-> password (\d+)/.exec(out);
+  const secret = /otpauth:\/\/totp\/[^\s]*secret=([A-Z2-7]+)/.exec(out);
+  const usersFile = /Users file: (\S+)/.exec(out);
+  t.ok(url && password && secret && usersFile, 'URL, password, otpauth URI and users file printed');
+  t.match(out, /User\s+demo/);
+  t.match(out, /PIN 1234/);
+  t.match(out, /[\u2580-\u259f]/, 'a QR code in the terminal');
+  const port = Number(url?.[2]);
+  t.equal((await request(port)).status, 401, 'the demo asks for a login');
+  // What a phone app computes from the scanned URI, independently of the gateway.
+  const key = base32Decode(secret?.[1] ?? '').toString('hex');
+  const now = Date.now() / 1000;
+  const fromApp = rfcTotp(key, now);
+  const printed = password?.[1] ?? '';
+  const pw = printed === `1234${fromApp}` ? printed : `1234${rfcTotp(key, now)}`;
+  const page = await request(port, { auth: ['demo', pw] });
+  t.equal(page.status, 200);
+  t.match(page.text, /Logged in as <strong>demo<\/strong>/);
+  child.kill('SIGINT');
+  t.equal(await exited, 0, 'Ctrl-C: exit 0');
+  t.notOk(existsSync(usersFile?.[1] ?? '/nonexistent-but-checked'), 'temp users file removed');
+});
+
+function base32Decode(s: string): Buffer {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = 0;
+  let value = 0;
+  const out: number[] = [];
+  for (const c of s) {
+    value = (value << 5) | alphabet.indexOf(c);
+    bits += 5;
+    if (bits >= 8) {
+      out.push((value >>> (bits - 8)) & 0xff);
+      bits -= 8;
+    }
+  }
+  return Buffer.from(out);
+}
