@@ -86,7 +86,16 @@ export class Gateway {
     this.proxy.on('proxyReq', (proxyReq) => {
       proxyReq.setTimeout(this.live.config.upstreamTimeout * 1000, () => proxyReq.destroy(new UpstreamTimeout('upstream timeout')));
     });
-    this.proxy.on('proxyRes', (proxyRes, req) => this.rewriteRedirect(proxyRes, req));
+    this.proxy.on('proxyRes', (proxyRes, req, res) => {
+      this.rewriteRedirect(proxyRes, req);
+      this.ownConnection(proxyRes, res as ServerResponse);
+      // http-proxy pipes the answer but ignores its errors: a backend dropping the
+      // connection mid-answer would leave the client waiting for the rest forever.
+      // (A client that left first also ends the answer: that is no upstream failure.)
+      proxyRes.once('error', (err) => {
+        if (!req.socket.destroyed) this.upstreamFailed(err, res as ServerResponse);
+      });
+    });
     // http-proxy emits 'error' when no callback handles it; an unhandled one would crash the process.
     this.proxy.on('error', (err, _req, res) => this.upstreamFailed(err, res as ServerResponse));
   }
@@ -181,8 +190,13 @@ export class Gateway {
     const timedOut = err instanceof UpstreamTimeout;
     this.log.warn({ event: timedOut ? 'upstream_timeout' : 'upstream_error', code: (err as NodeJS.ErrnoException).code,
       err: err.message }, timedOut ? 'backend did not answer in time' : 'backend unreachable');
-    if (res.headersSent) res.destroy();
-    else if (timedOut) gatewayTimeout(res);
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    // Headers the backend's answer already set (http-proxy copies them before the body) are not ours to send.
+    for (const name of res.getHeaderNames()) res.removeHeader(name);
+    if (timedOut) gatewayTimeout(res);
     else badGateway(res);
   }
 
@@ -193,6 +207,22 @@ export class Gateway {
     const proto = req.headers['x-forwarded-proto'] ?? (this.live.config.tls ? 'https' : 'http');
     if (typeof host !== 'string') return;
     proxyRes.headers.location = rewriteLocation(location, this.live.config.upstream, `${String(proto)}://${host}`);
+  }
+
+  /**
+   * The backend's Connection and Keep-Alive describe its connection to the
+   * gateway, not the client's. And forward() took the client's Connection header
+   * away, so http-proxy would answer `keep-alive` even to a client that asked to
+   * close (RFC 9112 section 9.6): decide from what Node made of the request.
+   */
+  private ownConnection(proxyRes: IncomingMessage, res: ServerResponse): void {
+    const headers = proxyRes.headers;
+    for (const token of String(headers.connection ?? '').split(',')) {
+      const name = token.trim().toLowerCase();
+      if (name !== '') delete headers[name];
+    }
+    delete headers['keep-alive'];
+    headers.connection = res.shouldKeepAlive ? 'keep-alive' : 'close';
   }
 
   private health(res: ServerResponse, live: Live): void {

@@ -1,0 +1,829 @@
+// End to end: the real gateway (start()) in front of a real recording backend,
+// real users files in temp dirs, real sockets on 127.0.0.1. Raw sockets are used
+// wherever Node's own client would normalise or refuse what a hostile client sends.
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, rmSync } from 'node:fs';
+import {
+  Agent, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse,
+} from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
+import { parseConfig } from '../src/config.js';
+import { start, type Running } from '../src/serve.js';
+import {
+  basic, memoryLogger, request, rfcHotp, startBackend, tempDir, writeFile600, type Reply, type Seen,
+} from './lib/harness.js';
+
+// the last overload of t.test is (cb): its argument is a subtest
+type Test = Parameters<Parameters<typeof t.test>[0]>[0];
+
+const REALM = 'Test Helpdesk';
+const KEYS = {
+  alice: randomBytes(20).toString('hex'),
+  bob: randomBytes(20).toString('hex'),
+  carol: randomBytes(20).toString('hex'),
+};
+// PINs that cannot turn up in a log line by accident (a timestamp, a pid).
+const PIN = { alice: 'pinAl1ceQ', carol: 'pinCar0lZ', wrong: 'wr0ngPinX' };
+
+const USERS = [
+  `HOTP alice ${PIN.alice} ${KEYS.alice} 0`,
+  `HOTP bob - ${KEYS.bob} 0`,
+  // mod_authn_otp's layout with the failure count only: 5 failures = locked (maxFailures 5)
+  `HOTP carol ${PIN.carol} ${KEYS.carol} 0 5`,
+  '',
+].join('\n');
+
+const code = (user: keyof typeof KEYS, counter: number): string => rfcHotp(KEYS[user], counter);
+const alicePw = (counter: number): string => `${PIN.alice}${code('alice', counter)}`;
+
+/** A six-digit code that is none of the token's next fifty codes. */
+function wrongCode(user: keyof typeof KEYS): string {
+  const near = new Set(Array.from({ length: 50 }, (_, c) => code(user, c)));
+  for (let n = 1; n < 100; n++) {
+    const c = String(n * 10_101).padStart(6, '0');
+    if (!near.has(c)) return c;
+  }
+  throw new Error('no wrong code found');
+}
+
+interface Gw {
+  running: Running;
+  port: number;
+  dir: string;
+  usersPath: string;
+  backend: Awaited<ReturnType<typeof startBackend>>;
+  logs: ReturnType<typeof memoryLogger>;
+}
+
+interface GwOptions {
+  config?: Record<string, unknown>;
+  backend?: (req: IncomingMessage, res: ServerResponse, body: Buffer) => void;
+  /** upstream URL instead of the recording backend's */
+  upstream?: string;
+}
+
+/** YAML text, one `key: value` line per key (JSON scalars and flow collections are YAML). */
+const yamlOf = (o: Record<string, unknown>): string =>
+  Object.entries(o).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join('\n') + '\n';
+
+async function gateway(t: Test, opts: GwOptions = {}): Promise<Gw> {
+  const dir = tempDir(t);
+  const usersPath = writeFile600(join(dir, 'otp-users'), USERS);
+  const backend = await startBackend(t, opts.backend);
+  const result = parseConfig(yamlOf({
+    listen: '127.0.0.1:0', upstream: opts.upstream ?? backend.url, usersFile: 'otp-users', realm: REALM, logLevel: 'debug',
+    ...opts.config,
+  }), 'test.yaml', dir);
+  if (!result.ok) throw new Error(result.errors.join('\n'));
+  const logs = memoryLogger('debug');
+  const running = await start(result.config, logs.log);
+  t.teardown(() => running.stop());
+  return { running, port: running.address.port, dir, usersPath, backend, logs };
+}
+
+/** Field 5 (the counter) of a user's line in the users file as it is on disk. */
+function fileFields(path: string, login: string): string[] {
+  const line = readFileSync(path, 'utf8').split('\n').find((l) => l.split(/\s+/)[1] === login);
+  if (line === undefined) throw new Error(`${login} not in ${path}`);
+  return line.split(/\s+/);
+}
+const counterOf = (path: string, login: string): number => Number(fileFields(path, login)[4]);
+
+const auditEvents = (logs: Gw['logs']): Record<string, unknown>[] => logs.lines.filter((l) => l.event === 'auth');
+
+const identityHeaders = (s: Seen): string[][] => {
+  const found: string[][] = [];
+  for (let i = 0; i < s.rawHeaders.length; i += 2) {
+    const name = s.rawHeaders[i] as string;
+    if (name.toLowerCase().replace(/[-_.]/g, '') === 'remoteuser') found.push([name, s.rawHeaders[i + 1] as string]);
+  }
+  return found;
+};
+
+const CHALLENGE = new RegExp(`^Basic realm="${REALM}"(, charset="UTF-8")?$`);
+
+function assertChallenge(t: Test, r: Reply, what: string): void {
+  t.equal(r.status, 401, `${what}: 401`);
+  t.match(r.headers['www-authenticate'] ?? '', CHALLENGE, `${what}: Basic challenge with the realm`);
+  t.equal(r.headers['cache-control'], 'no-store', `${what}: not cached`);
+}
+
+interface RawReply {
+  status: number;
+  head: string;
+  body: Buffer;
+  /** the connection ended by itself (not cut by the helper's own deadline) */
+  closed: boolean;
+}
+
+/**
+ * Send bytes on a fresh connection and read until the peer closes (or `waitMs`
+ * passes: then `closed` is false). The request should carry `Connection: close`.
+ */
+function raw(port: number, data: string | Buffer, waitMs = 2000, tls = false): Promise<RawReply> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    const socket: Socket = tls
+      ? tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false })
+      : connect({ host: '127.0.0.1', port });
+    let done = false;
+    const finish = (closed: boolean): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.destroy();
+      const all = Buffer.concat(chunks);
+      const split = all.indexOf('\r\n\r\n');
+      const head = (split === -1 ? all : all.subarray(0, split)).toString('latin1');
+      const m = /^HTTP\/1\.[01] (\d{3})/.exec(head);
+      resolve({ status: m ? Number(m[1]) : 0, head, body: split === -1 ? Buffer.alloc(0) : all.subarray(split + 4), closed });
+    };
+    const timer = setTimeout(() => finish(false), waitMs);
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('error', () => finish(true));
+    socket.on('close', () => finish(true));
+    socket.write(data);
+  });
+}
+
+/** A raw request head: lines joined with CRLF, with the blank line that ends it. */
+const head = (...lines: string[]): string => `${lines.join('\r\n')}\r\n\r\n`;
+
+interface CallOptions {
+  method?: string;
+  path?: string;
+  headers?: Record<string, string>;
+  /** written one chunk at a time, respecting back-pressure */
+  chunks?: Buffer[];
+  agent?: Agent;
+}
+
+/** One HTTP request with a streamed body; resolves with the reply and whether the socket was reused. */
+function call(port: number, opts: CallOptions): Promise<Reply & { reused: boolean }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({
+      host: '127.0.0.1', port, method: opts.method ?? 'GET', path: opts.path ?? '/', headers: opts.headers ?? {},
+      agent: opts.agent ?? false,
+    }, (res) => {
+      const got: Buffer[] = [];
+      res.on('data', (c: Buffer) => got.push(c));
+      res.on('end', () => {
+        const body = Buffer.concat(got);
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, text: body.toString('utf8'), reused: req.reusedSocket });
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    void (async () => {
+      for (const chunk of opts.chunks ?? []) {
+        if (!req.write(chunk)) await new Promise((r) => req.once('drain', r));
+      }
+      req.end();
+    })();
+  });
+}
+
+/** Poll `check` every 20 ms until it is true or `ms` passed. */
+async function eventually(check: () => boolean, ms = 2000): Promise<boolean> {
+  for (let waited = 0; waited < ms; waited += 20) {
+    if (check()) return true;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return check();
+}
+
+t.test('login: the challenge, every refusal alike, a good login, and an audit trail without secrets', async (t) => {
+  const gw = await gateway(t);
+  const none = await request(gw.port);
+  assertChallenge(t, none, 'no credentials');
+
+  const good = ['alice', alicePw(0)] as [string, string];
+  const refusals: Array<[string, [string, string], string]> = [
+    ['wrong PIN', ['alice', `${PIN.wrong}${code('alice', 0)}`], 'bad_pin'],
+    ['wrong code', ['alice', `${PIN.alice}${wrongCode('alice')}`], 'bad_otp'],
+    ['unknown user', ['nobody', alicePw(0)], 'unknown_user'],
+    ['locked user', ['carol', `${PIN.carol}${code('carol', 0)}`], 'locked'],
+    ['login in another case', ['Alice', alicePw(0)], 'unknown_user'],
+  ];
+  const replies: Reply[] = [];
+  for (const [what, auth] of refusals) {
+    const r = await request(gw.port, { auth });
+    assertChallenge(t, r, what);
+    replies.push(r);
+  }
+  for (const [i, r] of replies.entries()) {
+    t.same([r.headers['www-authenticate'], r.headers['content-type'], r.text], [none.headers['www-authenticate'],
+      none.headers['content-type'], none.text], `${refusals[i]?.[0]}: answered exactly like no credentials`);
+  }
+  t.equal(gw.backend.seen.length, 0, 'the backend saw none of the refused requests');
+  t.equal(counterOf(gw.usersPath, 'alice'), 0, 'no code consumed by a refusal');
+
+  const ok = await request(gw.port, { auth: good, path: '/tickets?id=7' });
+  t.equal(ok.status, 200, 'good PIN + code: the backend answers');
+  t.equal(gw.backend.seen.length, 1);
+  const seen = gw.backend.seen[0] as Seen;
+  t.equal(seen.url, '/tickets?id=7');
+  t.same(identityHeaders(seen), [['Remote-User', 'alice']], 'identity set exactly once, to the login');
+  t.equal(counterOf(gw.usersPath, 'alice'), 1, 'the used code is consumed');
+
+  const again = await request(gw.port, { auth: good });
+  t.equal(again.status, 200, 'the same PIN + code lingers');
+  const bobOk = await request(gw.port, { auth: ['bob', code('bob', 2)] });
+  t.equal(bobOk.status, 200, 'PIN "-": the code alone');
+  t.equal(counterOf(gw.usersPath, 'bob'), 3, 'used counter + 1 recorded');
+
+  // mod_authn_otp's logout: an empty password from the lingering IP.
+  const logout = await request(gw.port, { auth: ['alice', ''] });
+  assertChallenge(t, logout, 'empty password');
+  t.equal((await request(gw.port, { auth: good })).status, 401, 'the linger is over after the logout');
+
+  const events = auditEvents(gw.logs);
+  t.same(events.map((e) => [e.user, e.reason, e.result]), [
+    ['alice', 'bad_pin', 'denied'], ['alice', 'bad_otp', 'denied'], ['nobody', 'unknown_user', 'denied'],
+    ['carol', 'locked', 'denied'], ['Alice', 'unknown_user', 'denied'], ['alice', 'ok', 'granted'],
+    ['alice', 'linger', 'granted'], ['bob', 'ok', 'granted'], ['alice', 'logout', 'denied'], ['alice', 'bad_otp', 'denied'],
+  ], 'one audit event per authentication, in order');
+  for (const e of events) {
+    t.equal(e.ip, '127.0.0.1', `${String(e.reason)}: client ip`);
+    t.equal(e.level, e.reason === 'linger' ? 20 : 30, `${String(e.reason)}: ${e.reason === 'linger' ? 'debug' : 'info'} level`);
+  }
+
+  const secrets = [PIN.alice, PIN.carol, PIN.wrong, alicePw(0), `${PIN.alice}${wrongCode('alice')}`];
+  const authValues = [...refusals.map(([, a]) => a), good, ['bob', code('bob', 2)] as [string, string]]
+    .map(([u, p]) => basic(u, p));
+  for (const s of [...secrets, ...authValues, ...authValues.map((a) => a.slice(6))]) {
+    t.notOk(gw.logs.text().includes(s), `log text holds no ${s.startsWith('Basic') ? 'Authorization value' : 'secret'}`);
+  }
+  const codes = [code('alice', 0), code('carol', 0), code('bob', 2), wrongCode('alice')];
+  const strings: string[] = [];
+  const collect = (v: unknown): void => {
+    if (typeof v === 'string') strings.push(v);
+    else if (v && typeof v === 'object') Object.values(v).forEach(collect);
+  };
+  gw.logs.lines.forEach(collect);
+  for (const c of codes) t.notOk(strings.some((s) => s.includes(c)), 'no logged value holds a code');
+});
+
+t.test('every request is authenticated on its own, also on one keep-alive connection', async (t) => {
+  const gw = await gateway(t);
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => agent.destroy());
+  const auth = { Authorization: basic('alice', alicePw(0)) };
+  const first = await call(gw.port, { agent, headers: auth });
+  t.equal(first.status, 200);
+  const second = await call(gw.port, { agent });
+  t.equal(second.reused, true, 'same connection');
+  assertChallenge(t, second, 'no credentials on a connection that logged in before');
+  const wrong = await call(gw.port, { agent, headers: { Authorization: basic('alice', `${PIN.wrong}${code('alice', 0)}`) } });
+  t.equal(wrong.reused, true);
+  t.equal(wrong.status, 401, 'wrong credentials on that connection');
+  const third = await call(gw.port, { agent, headers: auth });
+  t.equal(third.reused, true);
+  t.equal(third.status, 200);
+  t.equal(gw.backend.seen.length, 2, 'only the authenticated requests reached the backend');
+});
+
+t.test('header hygiene', async (t) => {
+  t.test('identity spellings, credentials, hop-by-hop and forwarding headers from the client', async (t) => {
+    const gw = await gateway(t);
+    const r = await raw(gw.port, head(
+      'GET /h?x=1 HTTP/1.1',
+      'Host: helpdesk.example:8443',
+      `Authorization: ${basic('alice', alicePw(0))}`,
+      'Remote-User: m1', 'remote-user: m2', 'REMOTE_USER: m3', 'remote.user: m4', 'Remote_User: m5', 'Remote-User: m6',
+      'rEmOtE-uSeR: m7',
+      'X-Remote-User: kept as is',
+      'Connection: close, Remote-User, X-Hop-Named',
+      'X-Hop-Named: hop',
+      'Keep-Alive: timeout=5',
+      'TE: trailers',
+      'Trailer: X-Late',
+      'Proxy-Authorization: Basic cHJveHk6cHJveHk=',
+      'Proxy-Connection: keep-alive',
+      'X-Forwarded-For: 6.6.6.6',
+      'X-Forwarded-Proto: https',
+      'X-Forwarded-Host: evil.example',
+      'Forwarded: for=6.6.6.6',
+      'X-Real-IP: 6.6.6.6',
+      'Accept: text/html',
+    ));
+    t.equal(r.status, 200);
+    t.equal(r.closed, true, 'the client asked to close: the gateway closes');
+    t.match(r.head, /\r\nconnection: close\r\n/i);
+    t.notMatch(r.head, /\r\nkeep-alive:/i, 'the backend\'s Keep-Alive is not passed on');
+    t.equal(gw.backend.seen.length, 1);
+    const seen = gw.backend.seen[0] as Seen;
+    const h = seen.headers;
+    t.same(identityHeaders(seen), [['Remote-User', 'alice']], 'no client spelling of the identity header, ours once');
+    t.equal(h['x-remote-user'], 'kept as is', 'X-Remote-User is another header: unchanged');
+    t.equal(h.authorization, undefined, 'no Authorization');
+    for (const name of ['x-hop-named', 'keep-alive', 'te', 'trailer', 'proxy-authorization', 'proxy-connection', 'forwarded', 'x-real-ip', 'upgrade']) {
+      t.equal(h[name], undefined, `no ${name}`);
+    }
+    t.notMatch(String(h.connection ?? ''), /remote|hop/i, 'Connection names none of the client\'s headers');
+    t.equal(h['x-forwarded-for'], '127.0.0.1', 'X-Forwarded-For from the socket');
+    t.equal(h['x-forwarded-proto'], 'http');
+    t.equal(h['x-forwarded-host'], 'helpdesk.example:8443', 'X-Forwarded-Host is the Host the client used');
+    t.equal(h.host, 'helpdesk.example:8443', 'Host passes unchanged');
+    t.equal(h.accept, 'text/html');
+    t.equal(seen.url, '/h?x=1');
+    t.equal(auditEvents(gw.logs)[0]?.ip, '127.0.0.1', 'the client X-Forwarded-For is not believed');
+    t.equal(fileFields(gw.usersPath, 'alice')[7], '127.0.0.1', 'the linger IP is the peer');
+  });
+
+  t.test('the identity header listed in Connection alone still reaches the backend once, as ours', async (t) => {
+    const gw = await gateway(t);
+    const r = await raw(gw.port, head('GET / HTTP/1.1', 'Host: h', `Authorization: ${basic('alice', alicePw(0))}`,
+      'Connection: Remote-User, close'));
+    t.equal(r.status, 200);
+    t.same(identityHeaders(gw.backend.seen[0] as Seen), [['Remote-User', 'alice']]);
+  });
+
+  t.test('the identity header in a chunked trailer does not reach the backend', async (t) => {
+    let trailers: Record<string, string | undefined> = {};
+    const gw = await gateway(t, {
+      backend: (req, res) => {
+        trailers = req.trailers;
+        res.end('ok');
+      },
+    });
+    const r = await raw(gw.port, head('POST /t HTTP/1.1', 'Host: h', `Authorization: ${basic('alice', alicePw(0))}`,
+      'Transfer-Encoding: chunked', 'Trailer: Remote-User', 'Connection: close') +
+      '5\r\nhello\r\n0\r\nRemote-User: mallory\r\nAuthorization: Basic bWFsbG9yeTp4\r\n\r\n');
+    t.equal(r.status, 200);
+    const seen = gw.backend.seen[0] as Seen;
+    t.equal(seen.body.toString(), 'hello', 'the body arrived');
+    t.same(identityHeaders(seen), [['Remote-User', 'alice']]);
+    t.notOk(Object.keys(trailers).some((k) => k.replace(/[-_.]/g, '') === 'remoteuser' || k === 'authorization'),
+      'no identity or credentials in the trailers the backend got');
+  });
+
+  t.test('a trusted proxy: its X-Forwarded-For is appended to and names the client', async (t) => {
+    const gw = await gateway(t, { config: { trustedProxies: ['127.0.0.1'], logoutOnIpChange: true } });
+    const auth = { Authorization: basic('alice', alicePw(0)) };
+    const r = await request(gw.port, { headers: { ...auth, 'X-Forwarded-For': '203.0.113.9' } });
+    t.equal(r.status, 200);
+    t.equal((gw.backend.seen[0] as Seen).headers['x-forwarded-for'], '203.0.113.9, 127.0.0.1', 'appended');
+    t.equal(auditEvents(gw.logs)[0]?.ip, '203.0.113.9', 'audit names the forwarded client');
+    t.equal(fileFields(gw.usersPath, 'alice')[7], '203.0.113.9', 'the linger IP is the forwarded client');
+    const same = await request(gw.port, { headers: { ...auth, 'X-Forwarded-For': '203.0.113.9' } });
+    t.equal(same.status, 200, 'linger from the same client');
+    const moved = await request(gw.port, { headers: { ...auth, 'X-Forwarded-For': '198.51.100.1' } });
+    t.equal(moved.status, 401, 'logoutOnIpChange: another forwarded client does not ride the linger');
+    t.same(auditEvents(gw.logs).slice(1).map((e) => [e.reason, e.ip]), [['linger', '203.0.113.9'], ['bad_otp', '198.51.100.1']]);
+  });
+});
+
+t.test('proxying leaves requests and answers untouched', async (t) => {
+  let streamFinished = false;
+  let release: () => void = () => undefined;
+  const gw = await gateway(t, {
+    backend: (req, res, body) => {
+      const url = new URL(req.url ?? '/', 'http://x');
+      if (url.pathname.startsWith('/status/')) {
+        const status = Number(url.pathname.slice(8));
+        res.writeHead(status, { 'Content-Type': 'text/plain', 'X-Backend': 'yes' });
+        res.end(status === 204 ? undefined : `backend says ${status}`);
+      } else if (url.pathname === '/hop') {
+        res.writeHead(200, { Connection: 'X-Backend-Internal', 'X-Backend-Internal': 'for the gateway only', 'Keep-Alive': 'timeout=99', 'X-Kept': 'yes' });
+        res.end('hop');
+      } else if (url.pathname === '/redirect') {
+        res.writeHead(302, { Location: url.searchParams.get('to') ?? '/' });
+        res.end();
+      } else if (url.pathname === '/stream') {
+        res.writeHead(200, { 'Content-Type': 'text/plain' });
+        res.write('first chunk\n');
+        const finish = (): void => {
+          streamFinished = true;
+          res.end('last chunk\n');
+        };
+        const timer = setTimeout(finish, 1500);
+        release = () => {
+          clearTimeout(timer);
+          setTimeout(finish, 100);
+        };
+      } else {
+        res.writeHead(200, { 'Content-Type': 'application/json' });
+        res.end(JSON.stringify({ method: req.method, url: req.url, bodyLength: body.length }));
+      }
+    },
+  });
+  const authorization = basic('alice', alicePw(0));
+  const auth = { Authorization: authorization };
+  t.equal((await request(gw.port, { headers: auth })).status, 200, 'logged in');
+
+  t.test('methods and bodies', async (t) => {
+    for (const method of ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'HEAD']) {
+      const body = ['POST', 'PUT', 'PATCH', 'DELETE'].includes(method) ? randomBytes(1000) : undefined;
+      const path = `/m/${method}?a=1&b=%20x&c&d=%C3%A9`;
+      // Node's client sends a DELETE or OPTIONS body unframed unless told its length.
+      const headers = body ? { ...auth, 'Content-Length': String(body.length) } : auth;
+      const r = await request(gw.port, { method, path, headers, ...(body ? { body } : {}) });
+      t.equal(r.status, 200, `${method} answered`);
+      const seen = gw.backend.seen.find((s) => s.url.startsWith(`/m/${method}?`));
+      if (!seen) {
+        t.fail(`${method} did not reach the backend`);
+        continue;
+      }
+      t.equal(seen.method, method, `${method} reached the backend as ${method}`);
+      t.equal(seen.url, path, `${method}: path and query preserved`);
+      if (body) t.ok(seen.body.equals(body), `${method}: body byte-exact`);
+      if (method === 'HEAD') t.equal(r.body.length, 0, 'HEAD: no body');
+      else t.equal((JSON.parse(r.text) as { method: string }).method, method, `${method}: the backend's answer`);
+    }
+  });
+
+  t.test('a 20 MB upload, chunked and with Content-Length, arrives byte-exact', async (t) => {
+    const big = randomBytes(20 * 1024 * 1024);
+    const chunks = Array.from({ length: 20 }, (_, i) => big.subarray(i * 1024 * 1024, (i + 1) * 1024 * 1024));
+    for (const framing of ['chunked', 'content-length'] as const) {
+      const before = gw.backend.seen.length;
+      const headers: Record<string, string> = framing === 'chunked'
+        ? { ...auth, 'Transfer-Encoding': 'chunked' }
+        : { ...auth, 'Content-Length': String(big.length) };
+      const r = await call(gw.port, { method: 'POST', path: `/upload/${framing}`, headers, chunks });
+      t.equal(r.status, 200, `${framing}: answered`);
+      t.equal((JSON.parse(r.text) as { bodyLength: number }).bodyLength, big.length, `${framing}: backend read it all`);
+      t.equal(gw.backend.seen.length, before + 1);
+      const seen = gw.backend.seen[before] as Seen;
+      t.equal(seen.url, `/upload/${framing}`);
+      t.equal(framing === 'chunked' ? seen.headers['transfer-encoding'] : seen.headers['content-length'],
+        framing === 'chunked' ? 'chunked' : String(big.length), `${framing}: framed as sent`);
+      t.ok(seen.body.equals(big), `${framing}: byte-exact`);
+      seen.body = Buffer.alloc(0); // 20 MB less to hold
+    }
+  });
+
+  t.test('a streamed answer reaches the client while the backend is still writing', async (t) => {
+    const got = await new Promise<{ firstBeforeEnd: boolean; text: string }>((resolve, reject) => {
+      const req = httpRequest({ host: '127.0.0.1', port: gw.port, path: '/stream', headers: auth, agent: false }, (res) => {
+        let text = '';
+        let firstBeforeEnd: boolean | undefined;
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => {
+          if (firstBeforeEnd === undefined) {
+            firstBeforeEnd = !streamFinished;
+            release();
+          }
+          text += c;
+        });
+        res.on('end', () => resolve({ firstBeforeEnd: firstBeforeEnd === true, text }));
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    t.equal(got.firstBeforeEnd, true, 'first chunk arrived before the backend finished');
+    t.equal(got.text, 'first chunk\nlast chunk\n');
+  });
+
+  t.test('backend status codes pass through, 5xx included', async (t) => {
+    for (const status of [201, 204, 404, 418, 500, 503]) {
+      const r = await request(gw.port, { path: `/status/${status}`, headers: auth });
+      t.equal(r.status, status, `${status} passes through`);
+      t.equal(r.headers['x-backend'], 'yes', `${status}: the backend's own answer`);
+      if (status !== 204) t.equal(r.text, `backend says ${status}`);
+    }
+  });
+
+  t.test('the backend\'s connection-specific answer headers stay between it and the gateway', async (t) => {
+    const r = await request(gw.port, { path: '/hop', headers: auth });
+    t.equal(r.text, 'hop');
+    t.equal(r.headers['x-kept'], 'yes', 'end-to-end headers pass');
+    t.equal(r.headers['x-backend-internal'], undefined, 'a header the backend listed in Connection is dropped');
+    t.not(r.headers['keep-alive'], 'timeout=99', 'the backend\'s Keep-Alive is not the gateway\'s');
+    t.notMatch(String(r.headers.connection), /x-backend-internal/i);
+  });
+
+  t.test('redirects to the backend\'s origin are rewritten to the client\'s', async (t) => {
+    const backendOrigin = `http://127.0.0.1:${gw.backend.port}`;
+    const to = (location: string): string => `/redirect?to=${encodeURIComponent(location)}`;
+    const viaHost = await request(gw.port, { path: to(`${backendOrigin}/x?q=1&r=2#frag`), headers: { ...auth, Host: 'helpdesk.example:8443' } });
+    t.equal(viaHost.status, 302);
+    t.equal(viaHost.headers.location, 'http://helpdesk.example:8443/x?q=1&r=2#frag', 'rewritten to the Host the client used');
+    const plain = await request(gw.port, { path: to(`${backendOrigin}/x`), headers: auth });
+    t.equal(plain.headers.location, `http://127.0.0.1:${gw.port}/x`, 'default Host: the gateway address');
+    const relative = await request(gw.port, { path: to('/y?z=1'), headers: auth });
+    t.equal(relative.headers.location, '/y?z=1', 'relative Location unchanged');
+    const foreign = await request(gw.port, { path: to('https://other.example/z'), headers: auth });
+    t.equal(foreign.headers.location, 'https://other.example/z', 'another origin unchanged');
+  });
+});
+
+t.test('a failing upstream', async (t) => {
+  t.test('upstream down: 502, and the gateway keeps serving', async (t) => {
+    const closed = createNetServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+    const deadPort = (closed.address() as AddressInfo).port;
+    await new Promise<void>((r) => closed.close(() => r()));
+    const gw = await gateway(t, { upstream: `http://127.0.0.1:${deadPort}` });
+    const auth = ['alice', alicePw(0)] as [string, string];
+    const first = await request(gw.port, { auth });
+    t.equal(first.status, 502);
+    t.equal(first.headers['cache-control'], 'no-store');
+    t.equal((await request(gw.port, { auth })).status, 502, 'again');
+    t.equal((await request(gw.port, { path: '/otpgate/health' })).status, 200, 'still serving');
+    t.ok(gw.logs.lines.some((l) => l.event === 'upstream_error'), 'logged');
+  });
+
+  t.test('a backend that never answers: 504 after upstreamTimeout, nothing left hanging', async (t) => {
+    let upstreamSocketClosed = false;
+    const gw = await gateway(t, {
+      config: { upstreamTimeout: 1 },
+      backend: (req, res) => {
+        if (req.url === '/hang') {
+          req.socket.once('close', () => { upstreamSocketClosed = true; });
+          return; // never answers
+        }
+        res.end('ok');
+      },
+    });
+    const started = Date.now();
+    const r = await raw(gw.port, head('GET /hang HTTP/1.1', 'Host: h', `Authorization: ${basic('alice', alicePw(0))}`, 'Connection: close'), 4000);
+    const elapsed = Date.now() - started;
+    t.equal(r.status, 504);
+    t.ok(elapsed >= 900 && elapsed < 3000, `answered after about upstreamTimeout (${elapsed} ms)`);
+    t.equal(r.closed, true, 'the client connection was closed by the gateway');
+    t.ok(await eventually(() => upstreamSocketClosed), 'the upstream connection was given up');
+    t.ok(gw.logs.lines.some((l) => l.event === 'upstream_timeout'), 'logged');
+    const after = await request(gw.port, { auth: ['alice', alicePw(0)] });
+    t.equal(after.status, 200, 'the gateway keeps serving');
+  });
+
+  t.test('a backend that drops the connection mid-answer: the client connection closes too', async (t) => {
+    let slowClosed: 'finished' | 'cut' | undefined;
+    const gw = await gateway(t, {
+      backend: (req, res) => {
+        if (req.url === '/drop') {
+          res.writeHead(200, { 'Content-Length': '100000' });
+          res.write('partial answer', () => setTimeout(() => req.socket.destroy(), 50));
+          return;
+        }
+        if (req.url === '/drop-after-head') {
+          res.writeHead(200, { 'Content-Length': '100000', 'X-Backend': 'yes', 'Set-Cookie': 'half=1' });
+          res.flushHeaders();
+          setTimeout(() => req.socket.destroy(), 50);
+          return;
+        }
+        if (req.url === '/slow') {
+          res.writeHead(200, { 'Content-Type': 'text/plain' });
+          const tick = setInterval(() => res.write('tick\n'), 20);
+          const stop = setTimeout(() => res.end(), 2000);
+          res.once('close', () => {
+            clearInterval(tick);
+            clearTimeout(stop);
+            slowClosed = res.writableFinished ? 'finished' : 'cut';
+          });
+          return;
+        }
+        if (req.url === '/drop-before-head') {
+          req.socket.destroy();
+          return;
+        }
+        res.end('ok');
+      },
+    });
+    const auth = `Authorization: ${basic('alice', alicePw(0))}`;
+    // keep-alive on purpose: only the gateway closing the connection ends it
+    const r = await raw(gw.port, head('GET /drop HTTP/1.1', 'Host: h', auth), 3000);
+    t.equal(r.closed, true, 'closed, not hanging');
+    t.ok(r.body.length < 100_000, 'the client can tell the answer is incomplete');
+    const after = await request(gw.port, { auth: ['alice', alicePw(0)] });
+    t.equal(after.status, 200, 'the gateway keeps serving');
+    t.equal(after.text, 'ok');
+
+    const headOnly = await raw(gw.port, head('GET /drop-after-head HTTP/1.1', 'Host: h', auth, 'Connection: close'));
+    t.equal(headOnly.closed, true, 'dropped after its head: answered, not hanging');
+    t.ok(headOnly.status === 502 || headOnly.status === 0, `a 502 or a cut connection, never the backend's 200 (got ${headOnly.status})`);
+    if (headOnly.status === 502) t.notMatch(headOnly.head, /x-backend|set-cookie/i, 'the 502 carries none of the backend\'s headers');
+    const none = await request(gw.port, { path: '/drop-before-head', auth: ['alice', alicePw(0)] });
+    t.equal(none.status, 502, 'dropped before answering: 502');
+    t.equal((await request(gw.port, { auth: ['alice', alicePw(0)] })).status, 200, 'and the gateway still serves');
+
+    // The other way round: a client that leaves mid-answer ends the upstream request, and is no backend failure.
+    const failures = gw.logs.lines.filter((l) => l.event === 'upstream_error').length;
+    await new Promise<void>((resolve, reject) => {
+      const req = httpRequest({ host: '127.0.0.1', port: gw.port, path: '/slow', agent: false,
+        headers: { Authorization: basic('alice', alicePw(0)) } }, (res) => {
+        res.once('data', () => {
+          req.destroy();
+          resolve();
+        });
+      });
+      req.on('error', () => undefined); // destroyed on purpose
+      req.on('response', (res) => res.on('error', () => undefined));
+      setTimeout(() => reject(new Error('no first chunk')), 2000).unref();
+      req.end();
+    });
+    t.ok(await eventually(() => slowClosed !== undefined), 'the backend\'s answer was given up');
+    t.equal(slowClosed, 'cut', 'before the backend finished it');
+    t.equal(gw.logs.lines.filter((l) => l.event === 'upstream_error').length, failures, 'not logged as a backend failure');
+    t.equal((await request(gw.port, { auth: ['alice', alicePw(0)] })).status, 200, 'the gateway still serves');
+  });
+});
+
+t.test('healthPath', async (t) => {
+  const gw = await gateway(t);
+  const ok = await request(gw.port, { path: '/otpgate/health' });
+  t.equal(ok.status, 200);
+  t.match(ok.headers['content-type'], /^application\/json/);
+  t.match(JSON.parse(ok.text), { status: 'ok', users: 3 });
+  for (const path of ['/otpgate/healthz', '/otpgate/health/', '/otpgate/health/x', '/OTPGATE/HEALTH', '/otpgate']) {
+    assertChallenge(t, await request(gw.port, { path }), `${path} is not the health endpoint`);
+  }
+  t.equal(gw.backend.seen.length, 0);
+
+  rmSync(gw.usersPath);
+  await gw.running.reload();
+  const gone = await request(gw.port, { path: '/otpgate/health' });
+  t.equal(gone.status, 503, 'users file deleted: 503');
+  t.match(JSON.parse(gone.text), { status: 'unavailable' });
+  t.not((await request(gw.port, { auth: ['alice', alicePw(0)] })).status, 200, 'and nobody logs in');
+
+  writeFile600(gw.usersPath, USERS);
+  // The 1 s poll notices the file is back by itself.
+  t.ok(await eventually(() => gw.running.users.usable, 2000), 'users file usable again');
+  t.equal((await request(gw.port, { path: '/otpgate/health' })).status, 200, 'back to 200');
+  t.equal(gw.backend.seen.length, 0, 'the backend saw none of it');
+});
+
+t.test('logoutPath', async (t) => {
+  const gw = await gateway(t);
+  const alice = ['alice', alicePw(0)] as [string, string];
+  const bob = ['bob', code('bob', 0)] as [string, string];
+  t.equal((await request(gw.port, { auth: alice })).status, 200);
+  t.equal((await request(gw.port, { auth: bob })).status, 200);
+
+  assertChallenge(t, await request(gw.port, { path: '/otpgate/logout', auth: alice }), 'logout with lingering credentials');
+  assertChallenge(t, await request(gw.port, { auth: alice }), 'those credentials afterwards');
+
+  assertChallenge(t, await request(gw.port, { path: '/otpgate/logout' }), 'logout without credentials');
+  const attempts: Array<[string, string]> = [
+    ['bob', `x${code('bob', 0)}`], // wrong PIN
+    ['bob', wrongCode('bob')],
+    ['bob', code('bob', 1)], // a fresh code: logout never consumes one
+    ['nobody', code('bob', 0)],
+    ['Bob', code('bob', 0)],
+  ];
+  for (const auth of attempts) {
+    assertChallenge(t, await request(gw.port, { path: '/otpgate/logout?next=/', auth }), `logout as ${auth[0]} with wrong credentials`);
+  }
+  t.equal(counterOf(gw.usersPath, 'bob'), 1, 'no code consumed by a logout');
+  t.equal((await request(gw.port, { auth: bob })).status, 200, 'bob\'s linger survived all of them');
+  t.equal(gw.backend.seen.length, 3, 'the backend saw no logout request');
+  t.ok(auditEvents(gw.logs).some((e) => e.user === 'alice' && e.reason === 'logout' && e.path === 'logout'), 'logout audited');
+});
+
+t.test('the parallel first load: 20 requests with one brand-new code consume it once', async (t) => {
+  const gw = await gateway(t);
+  const auth = ['alice', alicePw(0)] as [string, string];
+  const replies = await Promise.all(Array.from({ length: 20 }, (_, i) => request(gw.port, { path: `/img/${i}.png`, auth })));
+  t.same(replies.map((r) => r.status), Array(20).fill(200), 'all 20 answered by the backend');
+  t.equal(gw.backend.seen.length, 20);
+  t.equal(counterOf(gw.usersPath, 'alice'), 1, 'exactly one code consumed');
+  const events = auditEvents(gw.logs);
+  t.equal(events.filter((e) => e.reason === 'ok').length, 1, 'one fresh login');
+  t.equal(events.filter((e) => e.result === 'granted').length, 20, 'the rest rode its linger');
+});
+
+t.test('bad input: a clean 4xx, never a 5xx or a crash, and the backend sees nothing', async (t) => {
+  const gw = await gateway(t);
+  const good = basic('alice', alicePw(0));
+  const b64 = (s: string | Buffer): string => Buffer.from(s).toString('base64');
+  // Log in first so that framing tricks below carry valid, lingering credentials.
+  t.equal((await request(gw.port, { headers: { Authorization: good } })).status, 200);
+  const seenBefore = gw.backend.seen.length;
+
+  const get = (...lines: string[]): string => head('GET / HTTP/1.1', 'Host: h', ...lines, 'Connection: close');
+  const withAuth = (value: string | Buffer): Buffer =>
+    Buffer.concat([Buffer.from('GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nAuthorization: '), Buffer.from(value),
+      Buffer.from('\r\n\r\n')]);
+  // bob's code for counter 3: would log in (counter 0, look-ahead 4) if the encoding were accepted.
+  const bobB64 = b64(`bob:${code('bob', 3)}`);
+  const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+  const last = bobB64.length - 3; // "bob:" + 6 digits = 10 bytes: two characters and "=="
+  const sloppy = bobB64.slice(0, last) + ALPHABET[ALPHABET.indexOf(bobB64[last] as string) | 1] + bobB64.slice(last + 1);
+  t.ok(sloppy !== bobB64 && Buffer.from(sloppy, 'base64').equals(Buffer.from(bobB64, 'base64')), 'a second spelling of the same bytes');
+  const credentialCases: Array<[string, string | Buffer]> = [
+    ['bad base64', withAuth('Basic !!!not*base64')],
+    ['base64 without its padding', withAuth(`Basic ${bobB64.replace(/=+$/, '')}`)],
+    ['base64 with the unused bits set', withAuth(`Basic ${sloppy}`)],
+    ['base64 with a space inside', withAuth(`Basic ${bobB64.slice(0, 4)} ${bobB64.slice(4)}`)],
+    ['no colon', withAuth(`Basic ${b64('alicenocolon')}`)],
+    ['empty user', withAuth(`Basic ${b64(`:${alicePw(0)}`)}`)],
+    ['non-UTF-8 credentials', withAuth(`Basic ${b64(Buffer.from([0x61, 0xff, 0xfe, 0x3a, 0x31]))}`)],
+    ['non-UTF-8 bytes in the header', withAuth(Buffer.from([0x42, 0x61, 0x73, 0x69, 0x63, 0x20, 0xff, 0xfe]))],
+    ['NUL in the credentials', withAuth(`Basic ${b64(`al\0ice:${alicePw(0)}`)}`)],
+    ['control byte in the credentials', withAuth(`Basic ${b64(`alice:${alicePw(0)}\u0007`)}`)],
+    ['10 KB value', withAuth(`Basic ${'QUFB'.repeat(2560)}`)],
+    ['two spaces and garbage', withAuth('Basic  ::garbage::')],
+    ['another scheme', withAuth(`Bearer ${good.slice(6)}`)],
+    ['scheme only', withAuth('Basic')],
+  ];
+  for (const [what, data] of credentialCases) {
+    const r = await raw(gw.port, data);
+    t.equal(r.status, 401, `${what}: 401`);
+    t.match(r.head, /\r\nWWW-Authenticate: Basic realm=/i, `${what}: with the challenge`);
+  }
+
+  const rejected: Array<[string, string | Buffer, number[]]> = [
+    ['NUL byte in the Authorization header', withAuth(Buffer.concat([Buffer.from('Basic '), Buffer.from([0]), Buffer.from(good.slice(6))])), [400]],
+    ['control byte in the Authorization header', withAuth(Buffer.concat([Buffer.from(good), Buffer.from([1])])), [400]],
+    ['two Content-Lengths', head('POST / HTTP/1.1', 'Host: h', `Authorization: ${good}`, 'Content-Length: 5', 'Content-Length: 6', 'Connection: close') + 'hello!', [400]],
+    ['Transfer-Encoding and Content-Length', head('POST / HTTP/1.1', 'Host: h', `Authorization: ${good}`, 'Transfer-Encoding: chunked',
+      'Content-Length: 5', 'Connection: close') + '5\r\nhello\r\n0\r\n\r\n', [400]],
+    ['obs-fold header', head('GET / HTTP/1.1', 'Host: h', `Authorization: ${good}`, 'X-Folded: a', ' b', 'Connection: close'), [400]],
+    ['Upgrade: h2c', get(`Authorization: ${good}`, 'Upgrade: h2c', 'HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA'), [400]],
+    ['Upgrade: h2c with Connection: Upgrade', head('GET / HTTP/1.1', 'Host: h', `Authorization: ${good}`, 'Connection: Upgrade, HTTP2-Settings',
+      'Upgrade: h2c', 'HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA'), [400]],
+    ['Upgrade: websocket', head('GET / HTTP/1.1', 'Host: h', `Authorization: ${good}`, 'Connection: Upgrade', 'Upgrade: websocket',
+      'Sec-WebSocket-Version: 13', 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=='), [400]],
+    ['absolute-form target', head('GET http://evil.example/ HTTP/1.1', 'Host: evil.example', `Authorization: ${good}`, 'Connection: close'), [400]],
+    ['absolute-form target to the backend itself', head(`GET http://127.0.0.1:${gw.backend.port}/ HTTP/1.1`, `Host: 127.0.0.1:${gw.backend.port}`,
+      `Authorization: ${good}`, 'Connection: close'), [400]],
+    ['CONNECT', head('CONNECT evil.example:443 HTTP/1.1', 'Host: evil.example:443', `Authorization: ${good}`), [400]],
+    ['OPTIONS *', head('OPTIONS * HTTP/1.1', 'Host: h', `Authorization: ${good}`, 'Connection: close'), [400]],
+    ['scheme-relative target', head('GET //evil.example/ HTTP/1.1', 'Host: h', `Authorization: ${good}`, 'Connection: close'), [400]],
+    ['duplicate Host', head('GET / HTTP/1.1', 'Host: h', 'Host: evil.example', `Authorization: ${good}`, 'Connection: close'), [400]],
+    ['no Host', head('GET / HTTP/1.1', `Authorization: ${good}`, 'Connection: close'), [400]],
+    ['header section over 16 KB', get(`Authorization: ${good}`,
+      ...Array.from({ length: 20 }, (_, i) => `X-Pad-${i}: ${'a'.repeat(1000)}`)), [431, 400]],
+    ['100 KB request-target', head(`GET /${'a'.repeat(100 * 1024)} HTTP/1.1`, 'Host: h', `Authorization: ${good}`, 'Connection: close'), [431, 414, 400]],
+    ['not HTTP at all', 'HELLO\r\n\r\n', [400]],
+    ['bad chunked body', head('POST / HTTP/1.1', 'Host: h', `Authorization: ${good}`, 'Transfer-Encoding: chunked', 'Connection: close') +
+      'zz\r\nhello\r\n0\r\n\r\n', [400]],
+  ];
+  for (const [what, data, expected] of rejected) {
+    const r = await raw(gw.port, data);
+    t.ok(expected.includes(r.status), `${what}: ${expected.join(' or ')} (got ${r.status || 'nothing'})`);
+    t.equal(r.closed, true, `${what}: connection closed`);
+  }
+  t.equal(gw.backend.seen.length, seenBefore, 'the backend saw none of them');
+  t.notOk(gw.logs.lines.some((l) => (l.level as number) >= 50), 'nothing logged as an error');
+  t.notOk(gw.logs.text().includes(good.slice(6)) || gw.logs.text().includes(PIN.alice), 'no credentials in the log');
+
+  // RFC 7235: the scheme is case-insensitive.
+  const lower = await raw(gw.port, withAuth(`basic ${good.slice(6)}`));
+  t.equal(lower.status, 200, 'lowercase "basic" with good credentials logs in');
+  const fresh = await request(gw.port, { auth: ['bob', code('bob', 0)] });
+  t.equal(fresh.status, 200, 'a normal login still works');
+  t.equal(gw.backend.seen.length, seenBefore + 2);
+});
+
+t.test('TLS: HTTPS to the client, X-Forwarded-Proto https to the backend', async (t) => {
+  const certDir = tempDir(t);
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost', '-days', '1',
+    '-keyout', join(certDir, 'key.pem'), '-out', join(certDir, 'cert.pem')], { stdio: 'ignore' });
+  const gw = await gateway(t, {
+    config: { tls: { cert: join(certDir, 'cert.pem'), key: join(certDir, 'key.pem') } },
+    backend: (req, res) => {
+      if (req.url === '/redirect') res.writeHead(302, { Location: `http://127.0.0.1:${gw.backend.port}/x` }).end();
+      else res.end('ok');
+    },
+  });
+  const get = (path: string, auth?: string): Promise<Reply> => new Promise((resolve, reject) => {
+    const req = httpsRequest({
+      host: '127.0.0.1', port: gw.port, path, rejectUnauthorized: false, agent: false,
+      headers: auth ? { Authorization: auth } : {},
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const body = Buffer.concat(chunks);
+        resolve({ status: res.statusCode ?? 0, headers: res.headers as IncomingHttpHeaders, body, text: body.toString('utf8') });
+      });
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  assertChallenge(t, await get('/'), 'https without credentials');
+  const auth = basic('alice', alicePw(0));
+  const ok = await get('/', auth);
+  t.equal(ok.status, 200);
+  t.equal(ok.text, 'ok');
+  t.equal((gw.backend.seen[0] as Seen).headers['x-forwarded-proto'], 'https');
+  const redirect = await get('/redirect', auth);
+  t.equal(redirect.headers.location, `https://127.0.0.1:${gw.port}/x`, 'redirect rewritten to the https origin');
+  const plain = await raw(gw.port, head('GET / HTTP/1.1', 'Host: h', `Authorization: ${auth}`, 'Connection: close'));
+  t.not(plain.status, 200, 'plain HTTP on the TLS port does not reach the backend');
+  t.equal(gw.backend.seen.length, 2);
+  const overTls = await raw(gw.port, head('GET / HTTP/1.1', 'Host: h', 'Connection: close'), 2000, true);
+  t.equal(overTls.status, 401, 'raw TLS client gets the challenge');
+});
+
+t.test('server timeouts follow the config', async (t) => {
+  const gw = await gateway(t, { config: { headersTimeout: 7, requestTimeout: 11, keepAliveTimeout: 3 } });
+  const { server } = gw.running.gateway;
+  t.equal(server.headersTimeout, 7000);
+  t.equal(server.requestTimeout, 11_000);
+  t.equal(server.keepAliveTimeout, 3000);
+  const defaults = await gateway(t);
+  t.equal(defaults.running.gateway.server.headersTimeout, 20_000, 'default headersTimeout');
+  t.equal(defaults.running.gateway.server.requestTimeout, 300_000, 'default requestTimeout');
+  t.equal(defaults.running.gateway.server.keepAliveTimeout, 5000, 'default keepAliveTimeout');
+});
