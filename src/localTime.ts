@@ -12,6 +12,23 @@ export function formatLocalTime(epochSeconds: number): string {
     `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}L`;
 }
 
+const DAYS = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+
+/**
+ * Is this a well-formed timestamp? Cheap (no Date): the users file is checked
+ * line by line at every load, and most lines carry one.
+ */
+export function isLocalTimeText(text: string): boolean {
+  if (text.length !== 20 || !PATTERN.test(text)) return false;
+  const year = Number(text.slice(0, 4));
+  const month = Number(text.slice(5, 7));
+  const day = Number(text.slice(8, 10));
+  const leap = year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0);
+  const days = month === 2 && !leap ? 28 : DAYS[month - 1] ?? 0;
+  return year >= 1970 && day >= 1 && day <= days && Number(text.slice(11, 13)) <= 23 &&
+    Number(text.slice(14, 16)) <= 59 && Number(text.slice(17, 19)) <= 60;
+}
+
 /** `YYYY-MM-DDTHH:MM:SSL` (local time) -> seconds since the epoch, or undefined if malformed. */
 export function parseLocalTime(text: string): number | undefined {
   const m = PATTERN.exec(text);

@@ -9,7 +9,7 @@ import { replaceFile, tempFileOf } from './atomicWrite.js';
 import { decide, decoyCheck, type Policy, type Reason, type TokenState, type Verdict } from './decision.js';
 import { lockUsersFile } from './fileLock.js';
 import {
-  layoutStoresFailures, lineState, parseUsersFile, serializeUsersFile, withChangedLines,
+  layoutStoresFailures, lineState, parseUsersFile, parseUsersFileInSlices, withChangedLines,
   type LineState, type TokenLine, type UsersFileModel,
 } from './usersFileFormat.js';
 
@@ -94,7 +94,6 @@ export class UsersFile {
   private readonly clock: () => number;
   private readonly lockTimeoutMs: number;
   private model: UsersFileModel;
-  private bytes: Buffer;
   private known: FileIdentity | undefined;
   private memory = new Map<string, Memory>();
   private queue: Pending[] = [];
@@ -112,9 +111,8 @@ export class UsersFile {
     this.clock = options.clock ?? ((): number => Date.now() / 1000);
     this.lockTimeoutMs = options.lockTimeoutMs ?? 10_000;
     const { bytes, stats } = readUsersFile(this.path);
-    this.bytes = bytes;
     this.known = identityOf(stats);
-    this.model = this.parse(bytes);
+    this.model = this.reportProblems(parseUsersFile(bytes));
     if (options.pollMs !== 0) {
       this.poller = setInterval(() => this.poll(), options.pollMs ?? 1000);
       this.poller.unref();
@@ -191,20 +189,19 @@ export class UsersFile {
     return v.counted ? { granted: v.granted, reason: v.reason, counted: true } : { granted: v.granted, reason: v.reason };
   }
 
-  private parse(bytes: Buffer): UsersFileModel {
-    const model = parseUsersFile(bytes);
+  private reportProblems(model: UsersFileModel): UsersFileModel {
     for (const p of model.problems) this.log.warn({ event: 'users_file_line', file: this.path, line: p.line }, `${this.path}:${p.line}: ${p.reason}`);
     return model;
   }
 
-  private adopt(bytes: Buffer, stats: Stats): void {
-    const model = this.parse(bytes);
+  /** Parse a changed file in slices (requests keep flowing on the old one), then swap it in. */
+  private async adopt(bytes: Buffer, stats: Stats): Promise<void> {
+    const model = this.reportProblems(await parseUsersFileInSlices(bytes));
     // Forget in-memory state of tokens that are gone (an admin removed or re-keyed them).
     const keys = new Set<string>();
     for (const entry of model.parsed) if (entry.kind === 'token') keys.add(tokenKey(entry.token));
     for (const key of this.memory.keys()) if (!keys.has(key)) this.memory.delete(key);
     this.model = model;
-    this.bytes = bytes;
     this.known = identityOf(stats);
     this.log.info({ event: 'users_file_loaded', file: this.path, users: model.index.size, tokens: model.tokenCount,
       malformed: model.problems.length }, 'users file loaded');
@@ -310,8 +307,8 @@ export class UsersFile {
     }
     if (this.problem !== undefined) this.log.info({ event: 'users_file_usable', file: this.path }, `${this.path}: readable again`);
     this.problem = undefined;
-    if (bytes.equals(this.bytes)) this.known = identityOf(stats);
-    else this.adopt(bytes, stats);
+    if (bytes.equals(this.model.bytes)) this.known = identityOf(stats);
+    else await this.adopt(bytes, stats);
     return stats;
   }
 
@@ -355,11 +352,9 @@ export class UsersFile {
       }
       if (lineChanges.size > 0) {
         const next = withChangedLines(model, lineChanges);
-        const bytes = serializeUsersFile(next);
         const started = performance.now();
-        await replaceFile(this.path, bytes, stats);
+        await replaceFile(this.path, next.bytes, stats);
         this.model = next;
-        this.bytes = bytes;
         this.known = identityOf(await stat(this.path));
         this.log.debug({ event: 'users_file_write', lines: lineChanges.size, batch: batch.length,
           ms: Math.round(performance.now() - started) }, 'users file written');

@@ -3,7 +3,7 @@
 // (../shared/spec/users-file.md). Pure: bytes in, bytes out.
 import { isUtf8 } from 'node:buffer';
 import type { TokenType } from './otp.js';
-import { formatLocalTime, parseLocalTime } from './localTime.js';
+import { formatLocalTime, isLocalTimeText, parseLocalTime } from './localTime.js';
 
 export interface TokenLine {
   /** 1-based line number in the file it was read from */
@@ -73,26 +73,64 @@ export function parseTokenType(text: string): TokenType | undefined {
   return { algorithm: upper, stepSeconds, digits: n };
 }
 
+// A file has few distinct type fields; parse each once.
+const typeCache = new Map<string, TokenType | null>();
+function cachedTokenType(text: string): TokenType | undefined {
+  let type = typeCache.get(text);
+  if (type === undefined) {
+    type = parseTokenType(text) ?? null;
+    if (typeCache.size < 1000) typeCache.set(text, type);
+  }
+  return type ?? undefined;
+}
+
+/**
+ * A token line. The key and the timestamp are decoded when first used: a
+ * 100,000-user file is checked at every load, and few of its lines log in.
+ */
+class Token implements TokenLine {
+  #key: Buffer | undefined;
+  #lastTime: number | undefined;
+  constructor(
+    readonly lineNo: number, readonly type: TokenType, readonly typeText: string, readonly login: string,
+    readonly pin: string, readonly keyHex: string, readonly fieldCount: number, readonly counter: number,
+    readonly failures: number | undefined, readonly lastOtp: string | undefined,
+    private readonly lastTimeText: string | undefined, readonly lastIp: string | undefined,
+  ) {}
+
+  get liboathLayout(): boolean { return this.fieldCount === 7; }
+  get key(): Buffer { return (this.#key ??= Buffer.from(this.keyHex, 'hex')); }
+  get lastTime(): number | undefined {
+    if (this.lastTimeText !== undefined && this.#lastTime === undefined) this.#lastTime = parseLocalTime(this.lastTimeText);
+    return this.#lastTime;
+  }
+}
+
 const isSafeInt = (s: string, signed: boolean): boolean =>
   (signed ? /^-?\d{1,15}$/ : /^\d{1,15}$/).test(s);
 
+const LEADING_BLANKS = /^[ \t\v\f\r]+/;
+const CONTROL = /[\u0000-\u0008\u000e-\u001f\u007f]/;
+const HEX_KEY = /^(?:[0-9a-fA-F]{2})+$/;
+
 /** Parse one line (without its terminator). `lineNo` is 1-based. */
 export function parseLine(text: string, lineNo: number): ParsedLine {
-  const trimmed = text.replace(/^[ \t\v\f\r]+/, '');
-  if (trimmed === '' || trimmed.startsWith('#')) return { kind: 'none' };
-  const fields = trimmed.split(FIELD_SEPARATOR).filter((f) => f !== '');
+  const trimmed = text.replace(LEADING_BLANKS, '');
+  if (trimmed === '' || trimmed.charCodeAt(0) === 0x23 /* # */) return { kind: 'none' };
+  const fields = trimmed.split(FIELD_SEPARATOR);
+  if (fields[fields.length - 1] === '') fields.pop();
   const [typeText, login, pin, keyHex, counterText, ...tail] = fields as
     [string, string | undefined, string | undefined, string | undefined, string | undefined, ...string[]];
   const invalid = (reason: string): ParsedLine =>
     login === undefined ? { kind: 'invalid', reason } : { kind: 'invalid', reason, login };
-  if (/[\u0000-\u0008\u000e-\u001f\u007f]/.test(trimmed)) return invalid('control character in line');
-  const type = parseTokenType(typeText);
+  if (CONTROL.test(trimmed)) return invalid('control character in line');
+  const type = cachedTokenType(typeText);
   if (!type) return invalid(`invalid token type "${typeText.slice(0, 40)}"`);
   if (login === undefined) return invalid('missing user field');
   if (pin === undefined) return invalid('missing PIN field');
   if (keyHex === undefined) return invalid('missing key field');
   if (login.length > MAX_FIELD || pin.length > MAX_FIELD) return invalid('user or PIN field too long');
-  if (!/^([0-9a-fA-F]{2})+$/.test(keyHex)) return invalid('key is not an even number of hex digits');
+  if (!HEX_KEY.test(keyHex)) return invalid('key is not an even number of hex digits');
   if (keyHex.length / 2 > MAX_KEY_BYTES) return invalid(`key longer than ${MAX_KEY_BYTES} bytes`);
   let counter = 0;
   if (counterText !== undefined) {
@@ -113,21 +151,12 @@ export function parseLine(text: string, lineNo: number): ParsedLine {
     if (!isSafeInt(failuresText, false)) return invalid(`invalid failure count "${failuresText.slice(0, 20)}"`);
     failures = Number(failuresText);
   }
-  let lastTime: number | undefined;
-  if (timeText !== undefined) {
-    lastTime = parseLocalTime(timeText);
-    if (lastTime === undefined) return invalid(`invalid timestamp "${timeText.slice(0, 30)}"`);
-  }
+  if (timeText !== undefined && !isLocalTimeText(timeText)) return invalid(`invalid timestamp "${timeText.slice(0, 30)}"`);
   if ((lastOtp?.length ?? 0) > MAX_FIELD || (lastIp?.length ?? 0) > MAX_FIELD) return invalid('field too long');
-  const token: TokenLine = {
-    lineNo, type, typeText, login, pin, keyHex, key: Buffer.from(keyHex, 'hex'),
-    fieldCount: fields.length, liboathLayout: fields.length === 7, counter,
-    ...(failures !== undefined ? { failures } : {}),
-    ...(lastOtp !== undefined ? { lastOtp } : {}),
-    ...(lastTime !== undefined ? { lastTime } : {}),
-    ...(lastIp !== undefined ? { lastIp } : {}),
+  return {
+    kind: 'token',
+    token: new Token(lineNo, type, typeText, login, pin, keyHex, fields.length, counter, failures, lastOtp, timeText, lastIp),
   };
-  return { kind: 'token', token };
 }
 
 /** Lines pam_oath (liboath) can read: type and key as in users-file.md. */
@@ -193,11 +222,18 @@ export interface Problem {
   readonly reason: string;
 }
 
-/** A parsed users file. `lines[i]` holds the exact bytes of line i+1, terminator included. */
+/**
+ * A parsed users file: the exact bytes, where each line starts, and what each
+ * line says. Line i (0-based) is `bytes[starts[i] .. starts[i+1])`, terminator
+ * included. One buffer and an offset table instead of a buffer per line: a
+ * 100,000-user file is parsed at every load and its copy made at every write.
+ */
 export interface UsersFileModel {
-  readonly lines: readonly Buffer[];
+  readonly bytes: Buffer;
+  /** line start offsets, plus bytes.length at the end (length = line count + 1) */
+  readonly starts: Float64Array;
   readonly parsed: readonly ParsedLine[];
-  /** login -> indexes into `lines` of its token lines, in file order */
+  /** login -> indexes of its token lines, in file order */
   readonly index: ReadonlyMap<string, readonly number[]>;
   /** logins that have at least one malformed line: refused entirely */
   readonly refused: ReadonlySet<string>;
@@ -205,56 +241,111 @@ export interface UsersFileModel {
   readonly tokenCount: number;
 }
 
-function splitLineBuffers(bytes: Buffer): Buffer[] {
-  const lines: Buffer[] = [];
+export const lineCount = (model: UsersFileModel): number => model.starts.length - 1;
+
+export const lineBytes = (model: UsersFileModel, i: number): Buffer =>
+  model.bytes.subarray(model.starts[i], model.starts[i + 1]);
+
+function lineStarts(bytes: Buffer): Float64Array {
+  const starts: number[] = [0];
   let start = 0;
   while (start < bytes.length) {
     const nl = bytes.indexOf(0x0a, start);
-    const end = nl === -1 ? bytes.length : nl + 1;
-    lines.push(bytes.subarray(start, end));
-    start = end;
+    start = nl === -1 ? bytes.length : nl + 1;
+    starts.push(start);
   }
-  return lines;
+  return Float64Array.from(starts);
 }
 
 const withoutTerminator = (text: string): string =>
   text.endsWith('\r\n') ? text.slice(0, -2) : text.endsWith('\n') ? text.slice(0, -1) : text;
 
-export function parseUsersFile(bytes: Buffer): UsersFileModel {
-  const lines = splitLineBuffers(bytes);
-  const wholeFileUtf8 = isUtf8(bytes);
-  const parsed: ParsedLine[] = new Array(lines.length);
-  const index = new Map<string, number[]>();
-  const refused = new Set<string>();
-  const problems: Problem[] = [];
-  let tokenCount = 0;
-  for (let i = 0; i < lines.length; i++) {
-    const raw = lines[i] as Buffer;
-    let result: ParsedLine;
-    if (!wholeFileUtf8 && !isUtf8(raw)) {
-      // A comment may be in any encoding; a token line must be UTF-8 to match a login.
-      const text = raw.toString('latin1');
-      const fields = text.trim().split(FIELD_SEPARATOR);
-      const login = fields[1] !== undefined && isUtf8(Buffer.from(fields[1], 'latin1'))
-        ? Buffer.from(fields[1], 'latin1').toString('utf8') : undefined;
-      if (parseLine(withoutTerminator(text), i + 1).kind === 'none') result = { kind: 'none' };
-      else result = login === undefined ? { kind: 'invalid', reason: 'line is not valid UTF-8' }
-        : { kind: 'invalid', reason: 'line is not valid UTF-8', login };
-    } else {
-      result = parseLine(withoutTerminator(raw.toString('utf8')), i + 1);
+/** A line that is not UTF-8: a comment in any encoding is still a comment; anything else is refused. */
+function parseForeignLine(raw: Buffer, lineNo: number): ParsedLine {
+  const latin1 = raw.toString('latin1');
+  if (parseLine(withoutTerminator(latin1), lineNo).kind === 'none') return { kind: 'none' };
+  const second = latin1.trim().split(FIELD_SEPARATOR)[1];
+  const login = second !== undefined && isUtf8(Buffer.from(second, 'latin1'))
+    ? Buffer.from(second, 'latin1').toString('utf8') : undefined;
+  return login === undefined ? { kind: 'invalid', reason: 'line is not valid UTF-8' }
+    : { kind: 'invalid', reason: 'line is not valid UTF-8', login };
+}
+
+/** Parses a file a slice of lines at a time, so a big file can be parsed without stalling the event loop. */
+class FileParser {
+  readonly starts: Float64Array;
+  readonly parsed: ParsedLine[];
+  readonly index = new Map<string, number[]>();
+  readonly refused = new Set<string>();
+  readonly problems: Problem[] = [];
+  tokenCount = 0;
+  next = 0;
+  // Decoding once and walking the text line by line (split on the same LF byte
+  // as the offsets) is much cheaper than decoding each line's bytes.
+  private readonly text: string | undefined;
+  private from = 0;
+
+  constructor(readonly bytes: Buffer) {
+    this.starts = lineStarts(bytes);
+    this.parsed = new Array(this.starts.length - 1);
+    this.text = isUtf8(bytes) ? bytes.toString('utf8') : undefined;
+  }
+
+  get done(): boolean { return this.next >= this.parsed.length; }
+
+  parseLines(count: number): void {
+    const end = Math.min(this.parsed.length, this.next + count);
+    for (let i = this.next; i < end; i++) this.record(i, this.parseAt(i));
+    this.next = end;
+  }
+
+  model(): UsersFileModel {
+    const { bytes, starts, parsed, index, refused, problems, tokenCount } = this;
+    return { bytes, starts, parsed, index, refused, problems, tokenCount };
+  }
+
+  private parseAt(i: number): ParsedLine {
+    const { text } = this;
+    if (text === undefined) {
+      const raw = this.bytes.subarray(this.starts[i], this.starts[i + 1]);
+      return isUtf8(raw) ? parseLine(withoutTerminator(raw.toString('utf8')), i + 1) : parseForeignLine(raw, i + 1);
     }
-    parsed[i] = result;
+    const nl = text.indexOf('\n', this.from);
+    const end = nl === -1 ? text.length : nl;
+    const cut = end > this.from && text.charCodeAt(end - 1) === 0x0d ? end - 1 : end;
+    const line = text.slice(this.from, cut);
+    this.from = end + 1;
+    return parseLine(line, i + 1);
+  }
+
+  private record(i: number, result: ParsedLine): void {
+    this.parsed[i] = result;
     if (result.kind === 'token') {
-      tokenCount++;
-      const list = index.get(result.token.login);
+      this.tokenCount++;
+      const list = this.index.get(result.token.login);
       if (list) list.push(i);
-      else index.set(result.token.login, [i]);
+      else this.index.set(result.token.login, [i]);
     } else if (result.kind === 'invalid') {
-      problems.push({ line: i + 1, reason: result.reason });
-      if (result.login !== undefined) refused.add(result.login);
+      this.problems.push({ line: i + 1, reason: result.reason });
+      if (result.login !== undefined) this.refused.add(result.login);
     }
   }
-  return { lines, parsed, index, refused, problems, tokenCount };
+}
+
+export function parseUsersFile(bytes: Buffer): UsersFileModel {
+  const parser = new FileParser(bytes);
+  parser.parseLines(Infinity);
+  return parser.model();
+}
+
+/** The same as parseUsersFile, yielding to the event loop every `slice` lines. */
+export async function parseUsersFileInSlices(bytes: Buffer, slice = 5000): Promise<UsersFileModel> {
+  const parser = new FileParser(bytes);
+  while (!parser.done) {
+    parser.parseLines(slice);
+    if (!parser.done) await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+  return parser.model();
 }
 
 function terminatorOf(raw: Buffer): string {
@@ -263,26 +354,38 @@ function terminatorOf(raw: Buffer): string {
 }
 
 /**
- * Replace token lines with their new state; every other line keeps its bytes.
- * The line keeps its own terminator (CRLF, LF, or none on a last line).
+ * Replace token lines with their new state; every other byte stays as it was.
+ * A changed line keeps its own terminator (CRLF, LF, or none on a last line).
  */
 export function withChangedLines(model: UsersFileModel, changes: ReadonlyMap<number, LineState>): UsersFileModel {
   if (changes.size === 0) return model;
-  const lines = model.lines.slice();
   const parsed = model.parsed.slice();
-  for (const [i, state] of changes) {
+  const order = [...changes.keys()].sort((a, b) => a - b);
+  const pieces: Buffer[] = [];
+  const growth: number[] = [];
+  let copied = 0;
+  for (const i of order) {
     const entry = parsed[i];
-    const raw = lines[i];
-    if (entry?.kind !== 'token' || raw === undefined) throw new Error(`line ${i + 1} is not a token line`);
-    const text = formatLine(entry.token, state);
-    lines[i] = Buffer.from(text + terminatorOf(raw), 'utf8');
+    if (entry?.kind !== 'token') throw new Error(`line ${i + 1} is not a token line`);
+    const text = formatLine(entry.token, changes.get(i) as LineState);
     const reparsed = parseLine(text, i + 1);
     if (reparsed.kind !== 'token') throw new Error(`line ${i + 1} would not parse back: ${text}`);
     parsed[i] = reparsed;
+    const from = model.starts[i] as number;
+    const to = model.starts[i + 1] as number;
+    const line = Buffer.from(text + terminatorOf(model.bytes.subarray(from, to)), 'utf8');
+    pieces.push(model.bytes.subarray(copied, from), line);
+    growth.push(line.length - (to - from));
+    copied = to;
   }
-  return { ...model, lines, parsed };
-}
-
-export function serializeUsersFile(model: UsersFileModel): Buffer {
-  return Buffer.concat(model.lines as Buffer[]);
+  pieces.push(model.bytes.subarray(copied));
+  // A line starts later (or earlier) by the growth of the changed lines before it.
+  const starts = new Float64Array(model.starts.length);
+  let shift = 0;
+  let c = 0;
+  for (let k = 0; k < starts.length; k++) {
+    while (c < order.length && (order[c] as number) < k) shift += growth[c++] as number;
+    starts[k] = (model.starts[k] as number) + shift;
+  }
+  return { ...model, bytes: Buffer.concat(pieces), starts, parsed };
 }

@@ -1,7 +1,7 @@
 import t from 'tap';
 import {
   formatLine, layoutStoresFailures, lineState, pamOathReadable, parseLine, parseTokenType, parseUsersFile,
-  serializeUsersFile, withChangedLines, writtenFieldCount, type LineState, type TokenLine,
+  lineBytes, lineCount, withChangedLines, writtenFieldCount, type LineState, type TokenLine,
 } from '../src/usersFileFormat.js';
 import { parseLocalTime } from '../src/localTime.js';
 
@@ -153,8 +153,8 @@ const SAMPLE = Buffer.from([
 
 t.test('a whole file: index, problems, refused users; serialise is byte for byte', async (t) => {
   const model = parseUsersFile(SAMPLE);
-  t.equal(model.lines.length, 10);
-  t.ok(serializeUsersFile(model).equals(SAMPLE), 'unchanged file round-trips byte for byte');
+  t.equal(lineCount(model), 10);
+  t.equal(lineBytes(model, 1).toString(), '\r\n');
   t.same([...model.index.keys()], ['barney', 'joe', 'wilma', 'silver', 'last']);
   t.same(model.index.get('silver'), [6, 7], 'several lines per user, in file order');
   t.same(model.problems.map((p) => p.line), [6, 9]);
@@ -169,7 +169,7 @@ t.test('changing a line rewrites only that line, keeping its terminator', async 
   if (barney?.kind !== 'token') throw new Error('barney');
   const next = withChangedLines(model, new Map([[2, { ...lineState(barney.token), counter: 22, lastOtp: '111111', lastTime: 1_700_000_000, lastIp: '10.0.0.9' }]]));
   const before = SAMPLE.toString('utf8').split(/(?<=\n)/);
-  const after = serializeUsersFile(next).toString('utf8').split(/(?<=\n)/);
+  const after = next.bytes.toString('utf8').split(/(?<=\n)/);
   t.equal(after.length, before.length);
   for (let i = 0; i < before.length; i++) {
     if (i === 2) {
@@ -177,8 +177,31 @@ t.test('changing a line rewrites only that line, keeping its terminator', async 
     } else t.equal(after[i], before[i], `line ${i + 1} untouched`);
   }
   const last = withChangedLines(model, new Map([[9, { counter: 1, failures: 0 }]]));
-  t.notMatch(serializeUsersFile(last).toString('utf8'), /\n$/, 'a last line without newline stays without');
+  t.notMatch(last.bytes.toString('utf8'), /\n$/, 'a last line without newline stays without');
   t.throws(() => withChangedLines(model, new Map([[5, { counter: 1, failures: 0 }]])), 'only token lines change');
+});
+
+t.test('after several changes the model equals a fresh parse of its bytes', async (t) => {
+  const model = parseUsersFile(SAMPLE);
+  const changes = new Map<number, LineState>([
+    [2, { counter: 123456789, failures: 12, lastOtp: '999999', lastTime: 1_700_000_000, lastIp: '2001:db8::1' }],
+    [4, { counter: 1, failures: 0 }],
+    [9, { counter: 7, failures: 0, lastOtp: '1', lastTime: 1_700_000_000, lastIp: '1.1.1.1' }],
+  ]);
+  const next = withChangedLines(model, changes);
+  const fresh = parseUsersFile(next.bytes);
+  t.same([...next.starts], [...fresh.starts], 'line offsets follow the changed lengths');
+  for (let i = 0; i < lineCount(next); i++) {
+    const a = next.parsed[i];
+    const b = fresh.parsed[i];
+    t.equal(a?.kind, b?.kind, `line ${i + 1}`);
+    if (a?.kind === 'token' && b?.kind === 'token') {
+      t.same([a.token.counter, a.token.lastOtp, a.token.lastTime, a.token.lastIp, a.token.fieldCount],
+        [b.token.counter, b.token.lastOtp, b.token.lastTime, b.token.lastIp, b.token.fieldCount]);
+    }
+    t.ok(lineBytes(next, i).equals(lineBytes(fresh, i)));
+  }
+  t.ok(lineBytes(next, 5).equals(lineBytes(model, 5)), 'the broken line between changes is untouched');
 });
 
 t.test('non-UTF-8 bytes: the line is refused and kept byte for byte', async (t) => {
@@ -187,7 +210,7 @@ t.test('non-UTF-8 bytes: the line is refused and kept byte for byte', async (t) 
     Buffer.from('# caf\xe9\n', 'latin1'),
   ]);
   const model = parseUsersFile(bytes);
-  t.ok(serializeUsersFile(model).equals(bytes));
+  t.ok(model.bytes.equals(bytes));
   t.same(model.problems.map((p) => p.reason), ['line is not valid UTF-8'], 'a comment in latin1 is still a comment');
   t.equal(model.refused.size, 0, 'a login that is not UTF-8 names nobody who could log in');
   t.ok(model.index.has('ok'));
