@@ -1,7 +1,7 @@
 // The authentication decision: does this password, from this IP, at this time,
 // log this user in, and what changes? Pure: the caller supplies the user's token
 // lines (file + in-memory state), the clock and the policy.
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { hash, timingSafeEqual } from 'node:crypto';
 import {
   codeAt, codesEqual, findEventCounter, findTimeStep, locateStep, stepAt, type TokenType,
 } from './otp.js';
@@ -75,13 +75,23 @@ export function isLocked(s: TokenState, now: number, policy: Policy): boolean {
   return now < s.lockedAt + policy.lockoutSeconds;
 }
 
-const digest = (s: string): Buffer => createHash('sha256').update(s, 'utf8').digest();
+const digest = (s: string): Buffer => hash('sha256', s, 'buffer');
 
 /** Constant-time PIN check; the lengths of the typed and stored PINs do not leak. */
-export function pinMatches(stored: string, typed: string): boolean {
+export function pinMatches(stored: string, typed: string, storedDigest?: Buffer): boolean {
   if (stored === '+') return false; // another provider's job; none is configured
-  const expected = stored === '-' ? '' : stored;
-  return timingSafeEqual(digest(expected), digest(typed));
+  return timingSafeEqual(storedDigest ?? digest(stored === '-' ? '' : stored), digest(typed));
+}
+
+// The stored PIN's digest, once per token line rather than once per request.
+const pinDigests = new WeakMap<TokenSpec, Buffer>();
+function storedPinDigest(spec: TokenSpec): Buffer {
+  let d = pinDigests.get(spec);
+  if (d === undefined) {
+    d = digest(spec.pin === '-' ? '' : spec.pin);
+    pinDigests.set(spec, d);
+  }
+  return d;
 }
 
 /** Split the password into the typed PIN and the code (MOTP has no typed PIN: it is hashed into the code). */
@@ -94,7 +104,7 @@ function splitPassword(spec: TokenSpec, password: string): { pin: string; code: 
 
 function typedPinOk(spec: TokenSpec, typed: string): boolean {
   if (spec.type.algorithm === 'MOTP') return spec.pin !== '+';
-  return pinMatches(spec.pin, typed);
+  return pinMatches(spec.pin, typed, storedPinDigest(spec));
 }
 
 const motpPin = (spec: TokenSpec): string => (spec.pin === '-' || spec.pin === '+' ? '' : spec.pin);

@@ -89,10 +89,12 @@ export async function lockUsersFile(usersFile: string, timeoutMs = 10_000): Prom
     if (inProcess.get(lockFile) === chain) inProcess.delete(lockFile);
   };
   const started = Date.now();
-  const timer = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
   try {
-    await Promise.race([previous, sleep(timeoutMs, undefined, { signal: timer.signal, ref: false })
-      .then(() => { throw new LockTimeoutError(lockFile, timeoutMs); }, () => undefined)]);
+    await Promise.race([previous, new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new LockTimeoutError(lockFile, timeoutMs)), timeoutMs);
+      timer.unref();
+    })]);
     let pause = 1;
     for (;;) {
       const held = await tryLock(lockFile);
@@ -113,6 +115,6 @@ export async function lockUsersFile(usersFile: string, timeoutMs = 10_000): Prom
     finish();
     throw err;
   } finally {
-    timer.abort();
+    clearTimeout(timer);
   }
 }

@@ -6,23 +6,20 @@ import { Agent as HttpsAgent, createServer as createHttpsServer, type Server as 
 import { readFileSync } from 'node:fs';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { createProxyServer, type ProxyServer } from 'http-proxy-3';
 import type { Logger } from 'pino';
 import { parseBasicAuth } from './basicAuth.js';
 import type { Config } from './config.js';
-import { clientAddress, isTrusted, normalizedHeaderName, plainAddress, rewriteLocation, upstreamHeaders } from './headers.js';
+import { Deadlines, forward, UpstreamTimeout, type Upstream } from './forward.js';
+import { clientAddress, isTrusted, normalizedHeaderName, plainAddress, upstreamHeaders } from './headers.js';
 import { badGateway, badRequest, challenge, gatewayTimeout, json, rawStatus, unavailable } from './responses.js';
 import type { Outcome, UsersFile } from './usersFile.js';
 import { VERSION } from './logger.js';
-
-class UpstreamTimeout extends Error {
-  readonly code = 'OTPGATE_UPSTREAM_TIMEOUT';
-}
 
 interface Live {
   readonly config: Config;
   readonly users: UsersFile;
   readonly identity: string;
+  readonly upstream: Upstream;
 }
 
 /** The path part of a request target (no query). */
@@ -56,12 +53,18 @@ export class Gateway {
   readonly server: Server | HttpsServer;
   private live: Live;
   private readonly log: Logger;
-  private readonly proxy: ProxyServer;
-  private readonly agent: HttpAgent;
+  // Keep-alive pools to the backend, one per scheme (a reload may switch it).
+  private readonly agents = {
+    'http:': new HttpAgent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64 }),
+    'https:': new HttpsAgent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64 }),
+  };
+  private readonly deadlines: Deadlines;
 
   constructor(config: Config, users: UsersFile, log: Logger) {
     this.log = log;
-    this.live = { config, users, identity: normalizedHeaderName(config.identityHeader) };
+    // Checked often enough for a 504 to come within 5% of upstreamTimeout.
+    this.deadlines = new Deadlines(Math.min(1000, Math.max(20, config.upstreamTimeout * 50)));
+    this.live = this.liveFor(config, users);
     const timeouts = {
       headersTimeout: config.headersTimeout * 1000,
       requestTimeout: config.requestTimeout * 1000,
@@ -80,24 +83,6 @@ export class Gateway {
     };
     this.server.on('upgrade', refuseTunnel);
     this.server.on('connect', refuseTunnel);
-    const Agent = config.upstream.protocol === 'https:' ? HttpsAgent : HttpAgent;
-    this.agent = new Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64, timeout: 60_000 });
-    this.proxy = createProxyServer({ agent: this.agent, xfwd: false, ws: false, changeOrigin: false });
-    this.proxy.on('proxyReq', (proxyReq) => {
-      proxyReq.setTimeout(this.live.config.upstreamTimeout * 1000, () => proxyReq.destroy(new UpstreamTimeout('upstream timeout')));
-    });
-    this.proxy.on('proxyRes', (proxyRes, req, res) => {
-      this.rewriteRedirect(proxyRes, req);
-      this.ownConnection(proxyRes, res as ServerResponse);
-      // http-proxy pipes the answer but ignores its errors: a backend dropping the
-      // connection mid-answer would leave the client waiting for the rest forever.
-      // (A client that left first also ends the answer: that is no upstream failure.)
-      proxyRes.once('error', (err) => {
-        if (!req.socket.destroyed) this.upstreamFailed(err, res as ServerResponse);
-      });
-    });
-    // http-proxy emits 'error' when no callback handles it; an unhandled one would crash the process.
-    this.proxy.on('error', (err, _req, res) => this.upstreamFailed(err, res as ServerResponse));
   }
 
   listen(): Promise<AddressInfo> {
@@ -113,10 +98,20 @@ export class Gateway {
 
   /** Swap in a new configuration and users file (SIGHUP); listen address and timeouts need a restart. */
   swap(config: Config, users: UsersFile): void {
-    this.live = { config, users, identity: normalizedHeaderName(config.identityHeader) };
+    this.live = this.liveFor(config, users);
     if (config.tls && 'setSecureContext' in this.server) {
       this.server.setSecureContext({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) });
     }
+  }
+
+  private liveFor(config: Config, users: UsersFile): Live {
+    return {
+      config, users, identity: normalizedHeaderName(config.identityHeader),
+      upstream: {
+        url: config.upstream, agent: config.upstream.protocol === 'https:' ? this.agents['https:'] : this.agents['http:'],
+        timeoutMs: config.upstreamTimeout * 1000, deadlines: this.deadlines,
+      },
+    };
   }
 
   async close(): Promise<void> {
@@ -125,7 +120,7 @@ export class Gateway {
       this.server.closeIdleConnections();
       setTimeout(() => this.server.closeAllConnections(), 2000).unref();
     });
-    this.agent.destroy();
+    for (const agent of Object.values(this.agents)) agent.destroy();
   }
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
@@ -141,7 +136,7 @@ export class Gateway {
       return;
     }
     const peer = plainAddress(req.socket.remoteAddress);
-    const peerTrusted = isTrusted(config.trusted, peer);
+    const peerTrusted = config.trustedProxies.length > 0 && isTrusted(config.trusted, peer);
     const ip = clientAddress(peer, peerTrusted, req.headers['x-forwarded-for'], config.trusted);
     const credentials = parseBasicAuth(req.headers.authorization);
     const closeAfter: Record<string, string> = hasUnreadBody(req) ? { Connection: 'close' } : {};
@@ -179,50 +174,22 @@ export class Gateway {
   }
 
   private forward(req: IncomingMessage, res: ServerResponse, live: Live, login: string, peer: string, peerTrusted: boolean): void {
-    req.headers = upstreamHeaders(req.headers, {
-      identity: live.identity, identityHeader: live.config.identityHeader, login, peer, peerTrusted,
-      proto: live.config.tls ? 'https' : 'http',
-    }) as IncomingMessage['headers'];
-    this.proxy.web(req, res, { target: live.config.upstream }, (err) => this.upstreamFailed(err, res));
+    const proto = live.config.tls ? 'https' : 'http';
+    const headers = upstreamHeaders(req.headers, {
+      identity: live.identity, identityHeader: live.config.identityHeader, login, peer, peerTrusted, proto,
+    });
+    const host = headers['x-forwarded-host'];
+    const clientOrigin = `${String(headers['x-forwarded-proto'])}://${typeof host === 'string' ? host : ''}`;
+    forward(req, res, headers, live.upstream, clientOrigin, (err) => this.upstreamFailed(err, res));
   }
 
   private upstreamFailed(err: Error, res: ServerResponse): void {
     const timedOut = err instanceof UpstreamTimeout;
     this.log.warn({ event: timedOut ? 'upstream_timeout' : 'upstream_error', code: (err as NodeJS.ErrnoException).code,
       err: err.message }, timedOut ? 'backend did not answer in time' : 'backend unreachable');
-    if (res.headersSent) {
-      res.destroy();
-      return;
-    }
-    // Headers the backend's answer already set (http-proxy copies them before the body) are not ours to send.
-    for (const name of res.getHeaderNames()) res.removeHeader(name);
-    if (timedOut) gatewayTimeout(res);
+    if (res.headersSent) res.destroy();
+    else if (timedOut) gatewayTimeout(res);
     else badGateway(res);
-  }
-
-  private rewriteRedirect(proxyRes: IncomingMessage, req: IncomingMessage): void {
-    const location = proxyRes.headers.location;
-    if (location === undefined) return;
-    const host = req.headers['x-forwarded-host'] ?? req.headers.host;
-    const proto = req.headers['x-forwarded-proto'] ?? (this.live.config.tls ? 'https' : 'http');
-    if (typeof host !== 'string') return;
-    proxyRes.headers.location = rewriteLocation(location, this.live.config.upstream, `${String(proto)}://${host}`);
-  }
-
-  /**
-   * The backend's Connection and Keep-Alive describe its connection to the
-   * gateway, not the client's. And forward() took the client's Connection header
-   * away, so http-proxy would answer `keep-alive` even to a client that asked to
-   * close (RFC 9112 section 9.6): decide from what Node made of the request.
-   */
-  private ownConnection(proxyRes: IncomingMessage, res: ServerResponse): void {
-    const headers = proxyRes.headers;
-    for (const token of String(headers.connection ?? '').split(',')) {
-      const name = token.trim().toLowerCase();
-      if (name !== '') delete headers[name];
-    }
-    delete headers['keep-alive'];
-    headers.connection = res.shouldKeepAlive ? 'keep-alive' : 'close';
   }
 
   private health(res: ServerResponse, live: Live): void {
@@ -239,6 +206,8 @@ export class Gateway {
   }
 
   private audit(login: string, ip: string, outcome: Outcome, logoutPath: boolean): void {
+    // A linger is every page resource of a logged-in agent: debug level, built only when wanted.
+    if (outcome.reason === 'linger' && !this.log.isLevelEnabled('debug')) return;
     const entry = {
       event: 'auth', user: login, ip, result: outcome.granted ? 'granted' : 'denied', reason: outcome.reason,
       ...(outcome.detail ? { detail: outcome.detail } : {}),

@@ -49,10 +49,7 @@ const first = (v: string | string[] | undefined): string | undefined => (Array.i
  * (appended to only when the peer is a trusted proxy).
  */
 export function upstreamHeaders(incoming: IncomingHttpHeaders, ctx: ForwardContext): OutgoingHttpHeaders {
-  const named = new Set<string>();
-  for (const value of [incoming.connection ?? ''].flat()) {
-    for (const token of value.split(',')) named.add(token.trim().toLowerCase());
-  }
+  const named = connectionNamed(incoming.connection);
   const out: OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(incoming)) {
     if (value === undefined) continue;
@@ -72,6 +69,37 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, ctx: ForwardConte
   out['x-forwarded-proto'] = proto ?? ctx.proto;
   const host = (ctx.peerTrusted ? first(incoming['x-forwarded-host']) : undefined) ?? incoming.host;
   if (host !== undefined) out['x-forwarded-host'] = host;
+  return out;
+}
+
+/** Names listed in a Connection header: they describe one connection, never the next hop's. */
+const NONE: ReadonlySet<string> = new Set();
+function connectionNamed(value: string | string[] | undefined): ReadonlySet<string> {
+  if (value === undefined) return NONE;
+  const named = new Set<string>();
+  for (const v of Array.isArray(value) ? value : [value]) {
+    for (const token of v.split(',')) {
+      const name = token.trim().toLowerCase();
+      if (name !== '') named.add(name);
+    }
+  }
+  return named;
+}
+
+/**
+ * The backend's answer headers for the client: its Connection, Keep-Alive and
+ * other hop-by-hop headers describe its connection to the gateway, not the
+ * client's (Node frames the client's answer itself); a redirect to the
+ * backend's own origin becomes one to the origin the client used.
+ */
+export function downstreamHeaders(incoming: IncomingHttpHeaders, upstream: URL, clientOrigin: string): OutgoingHttpHeaders {
+  const named = connectionNamed(incoming.connection);
+  const out: OutgoingHttpHeaders = {};
+  for (const name in incoming) {
+    const value = incoming[name];
+    if (value === undefined || HOP_BY_HOP.has(name) || named.has(name)) continue;
+    out[name] = name === 'location' && typeof value === 'string' ? rewriteLocation(value, upstream, clientOrigin) : value;
+  }
   return out;
 }
 

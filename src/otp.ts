@@ -1,8 +1,6 @@
 // OTP maths: pure functions of key, counter and time. No I/O, no clock.
-import { createHash, timingSafeEqual } from 'node:crypto';
-import { generateSync } from '@otplib/hotp';
-import { createGuardrails } from '@otplib/core';
-import { NodeCryptoPlugin } from '@otplib/plugin-crypto-node';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { counterToBytes, dynamicTruncate, truncateDigits } from '@otplib/core';
 
 export type Algorithm = 'HOTP' | 'MOTP';
 
@@ -14,14 +12,16 @@ export interface TokenType {
   readonly digits: number;
 }
 
-const crypto = new NodeCryptoPlugin();
-// mod_authn_otp accepts any key length its users file can hold; otplib's
-// defaults (16..64 bytes) would refuse short legacy hardware-token keys.
-const guardrails = createGuardrails({ MIN_SECRET_BYTES: 1, MAX_SECRET_BYTES: 1024 });
-
-/** RFC 4226 HOTP. 10 digits yields the whole 31-bit value, zero padded, as mod_authn_otp does. */
+/**
+ * RFC 4226 HOTP. 10 digits yields the whole 31-bit value, zero padded, as
+ * mod_authn_otp does. otplib's truncation steps around node:crypto's HMAC,
+ * rather than its generateSync: that one validates its options on every call
+ * (the window search makes several calls per login, and fresh logins are
+ * computed under the users-file lock) and refuses keys under 16 bytes, which
+ * legacy hardware tokens in mod_authn_otp files have.
+ */
 export function hotp(key: Uint8Array, counter: number, digits: number): string {
-  return generateSync({ secret: key, counter, digits, crypto, guardrails });
+  return truncateDigits(dynamicTruncate(createHmac('sha1', key).update(counterToBytes(counter)).digest()), digits);
 }
 
 /**

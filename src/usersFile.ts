@@ -2,12 +2,12 @@
 // admins' edits, and group-committed durable writes under the shared lock.
 // Every state change is decided again under the lock against the file as it
 // is on disk, and no request is answered before its change is fsynced.
-import { readFileSync, statSync, type Stats } from 'node:fs';
-import { readFile, rm, stat } from 'node:fs/promises';
+import { closeSync, fstatSync, openSync, readFileSync, readSync, statSync, type Stats } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import { replaceFile, tempFileOf } from './atomicWrite.js';
-import { decide, decoyCheck, type Policy, type Reason, type TokenState, type Verdict } from './decision.js';
-import { lockUsersFile } from './fileLock.js';
+import { TempFile, tempFileOf } from './atomicWrite.js';
+import { decide, decoyCheck, isLocked, type Policy, type Reason, type TokenState, type Verdict } from './decision.js';
+import { lockUsersFile, type HeldLock } from './fileLock.js';
 import {
   layoutStoresFailures, lineState, parseUsersFile, parseUsersFileInSlices, withChangedLines,
   type LineState, type TokenLine, type UsersFileModel,
@@ -59,6 +59,9 @@ export interface UsersFileOptions {
   readonly lockTimeoutMs?: number;
 }
 
+/** How long consecutive commits may keep the lock before letting others have it. */
+const HOLD_MS = 500;
+
 const tokenKey = (t: TokenLine): string => `${t.login}\0${t.typeText}\0${t.keyHex}\0${t.pin}`;
 
 interface FileIdentity { ino: number; size: number; mtimeMs: number; ctimeMs: number }
@@ -102,6 +105,8 @@ export class UsersFile {
   private poller: NodeJS.Timeout | undefined;
   private problem: string | undefined;
   private closed = false;
+  private scratch = Buffer.alloc(0);
+  private spare: Buffer | undefined;
 
   /** Load the file (throws UsersFileError naming it when missing or unreadable). */
   constructor(options: UsersFileOptions) {
@@ -146,15 +151,23 @@ export class UsersFile {
         : { granted: false, reason: 'unknown_user', detail: 'malformed line in users file' };
     }
     const now = this.clock();
-    const verdict = decide(lines.map((i) => this.stateOf(this.model, i, now)), { password, ip, now, logout }, this.policy);
-    if (verdict.changes.size === 0) return this.outcome(verdict);
-    if (verdict.reason === 'linger') {
+    const states = lines.map((i) => this.stateOf(this.model, i, now));
+    // Only a linger, a lock or a logout can be answered without the lock; anything
+    // else is decided under it, so the OTP window is searched once, not twice.
+    const lower = password.toLowerCase();
+    const mayAnswerNow = password === '' ||
+      states.some((s) => s.lastOtp !== undefined && (password.endsWith(s.lastOtp) || lower.endsWith(s.lastOtp))) ||
+      states.every((s) => isLocked(s, now, this.policy));
+    const verdict = mayAnswerNow ? decide(states, { password, ip, now, logout }, this.policy) : undefined;
+    if (verdict && verdict.changes.size === 0) return this.outcome(verdict);
+    if (verdict?.reason === 'linger') {
       // Only the idle clock moves, and it lives in memory: no write, no wait.
-      this.remember(this.model, verdict.changes, lines);
+      for (const [k, s] of verdict.changes) this.touch(this.tokenAt(this.model, lines[k] as number), s);
       return this.outcome(verdict);
     }
     return new Promise<Outcome>((resolve) => {
       this.queue.push({ login, password, ip, logout, resolve });
+      if (this.wakeWhen && this.queue.length >= this.wakeWhen.size) this.wakeWhen.wake();
       this.scheduleDrain();
     });
   }
@@ -258,12 +271,12 @@ export class UsersFile {
     };
   }
 
-  /** Apply memory-only changes (by index into `lines`). */
-  private remember(model: UsersFileModel, changes: ReadonlyMap<number, TokenState>, lines: readonly number[]): void {
-    for (const [k, s] of changes) {
-      const t = this.tokenAt(model, lines[k] as number);
-      this.memory.set(tokenKey(t), this.memoryOf(t, s));
-    }
+  /** A linger rode: move the idle clock (in place: this runs for every page resource). */
+  private touch(t: TokenLine, s: TokenState): void {
+    const key = tokenKey(t);
+    const mem = this.memory.get(key);
+    if (mem) mem.lastActive = s.lastActive;
+    else this.memory.set(key, this.memoryOf(t, s));
   }
 
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {
@@ -285,20 +298,81 @@ export class UsersFile {
   }
 
   private async drain(): Promise<void> {
-    while (this.queue.length > 0) {
-      const batch = this.queue;
-      this.queue = [];
-      await this.commit(batch);
+    try {
+      // A commit that kept the lock expects its clients back: the next commit
+      // starts at once and waits for them, though the queue is empty while they
+      // are being answered.
+      while (this.queue.length > 0 || this.held !== undefined) await this.commit();
+    } finally {
+      await this.releaseLock();
     }
   }
 
-  /** Re-read the file if it changed since we last saw it. Returns its stats. */
+  /**
+   * Group commit: the clients the last write just answered are about to send
+   * their next login. Waiting (at most about one write) for them to arrive makes
+   * the next batch whole, instead of splitting the clients into groups that take
+   * turns (PostgreSQL's commit_delay does the same). The wait runs while the
+   * lock is already held and the file re-read, so those overlap it.
+   */
+  private takeBatch(): Promise<Pending[]> {
+    const last = this.lastCommit;
+    const until = last.endedAt + Math.min(60, Math.max(25, 1.5 * last.ms));
+    return this.moreQueued(last.size + last.leftWaiting, until - performance.now()).then(() => {
+      const batch = this.queue;
+      this.queue = [];
+      return batch;
+    });
+  }
+
+  /** The last commit: its batch, how many logins were queued behind it, how long it took, when it ended. */
+  private lastCommit = { size: 0, leftWaiting: 0, ms: 0, endedAt: 0 };
+
+  private wakeWhen: { size: number; wake: () => void } | undefined;
+
+  private moreQueued(size: number, ms: number): Promise<void> {
+    if (this.queue.length >= size || ms <= 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.wakeWhen = undefined;
+        resolve();
+      }, ms);
+      this.wakeWhen = {
+        size,
+        wake: () => {
+          clearTimeout(timer);
+          this.wakeWhen = undefined;
+          resolve();
+        },
+      };
+    });
+  }
+
+  /**
+   * Re-read the file, and adopt it if it changed since we last saw it. Returns
+   * its stats. Synchronous on purpose: copying even a 100,000-user file from
+   * the page cache takes a millisecond or two, while a trip through the thread
+   * pool waits behind every request being served, and this runs with the lock
+   * held. Read through one descriptor (the stats belong to the bytes) into a
+   * reused buffer, not a fresh multi-megabyte one at every commit.
+   */
   private async refresh(): Promise<Stats> {
     let stats: Stats;
-    let bytes: Buffer;
+    let current: Buffer;
     try {
-      stats = await stat(this.path);
-      bytes = await readFile(this.path);
+      const fd = openSync(this.path, 'r');
+      try {
+        stats = fstatSync(fd);
+        if (this.scratch.length <= stats.size) this.scratch = Buffer.allocUnsafe(Math.ceil(stats.size * 1.25) + 4096);
+        let got = 0;
+        for (let n; (n = readSync(fd, this.scratch, got, this.scratch.length - got, got)) > 0;) {
+          got += n;
+          if (got === this.scratch.length) this.scratch = Buffer.concat([this.scratch, Buffer.allocUnsafe(this.scratch.length)]);
+        }
+        current = this.scratch.subarray(0, got);
+      } finally {
+        closeSync(fd);
+      }
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? 'error';
       if (this.problem === undefined) this.log.error({ event: 'users_file_unusable', file: this.path, code }, `${this.path}: cannot read users file (${code})`);
@@ -307,8 +381,8 @@ export class UsersFile {
     }
     if (this.problem !== undefined) this.log.info({ event: 'users_file_usable', file: this.path }, `${this.path}: readable again`);
     this.problem = undefined;
-    if (bytes.equals(this.model.bytes)) this.known = identityOf(stats);
-    else await this.adopt(bytes, stats);
+    if (current.equals(this.model.bytes)) this.known = identityOf(stats);
+    else await this.adopt(Buffer.from(current), stats);
     return stats;
   }
 
@@ -325,12 +399,52 @@ export class UsersFile {
   }
 
   /** One group commit: decide every pending attempt again under the lock, write once, answer all. */
-  private async commit(batch: readonly Pending[]): Promise<void> {
-    let lock;
+  /**
+   * The lock, while consecutive commits keep it. Nobody who respects the lock
+   * can change the file meanwhile, so it is re-read once per acquisition, not
+   * before each of those writes; held at most HOLD_MS so others get their turn.
+   */
+  private held: { lock: HeldLock; since: number } | undefined;
+  /** While the lock is held: the temp file, already holding the current content (see TempFile.prepared). */
+  private prepared: Promise<TempFile | undefined> | undefined;
+
+  private async releaseLock(): Promise<void> {
+    // The temp file is the lock holder's: delete it before letting go.
+    (await this.prepared)?.discard();
+    this.prepared = undefined;
+    this.held?.lock.release();
+    this.held = undefined;
+  }
+
+  /** The temp file for this write: the prepared one if it holds `base`, else a new one. */
+  private async tempFor(base: Buffer, stats: Stats): Promise<TempFile> {
+    const prepared = await this.prepared;
+    this.prepared = undefined;
+    if (prepared?.holds(base)) return prepared;
+    prepared?.discard();
+    return TempFile.create(this.path, stats);
+  }
+
+  private async commit(): Promise<void> {
+    let batch: Pending[] | undefined;
+    let keepLock = false;
     const outcomes: Outcome[] = [];
+    const t0 = performance.now();
     try {
-      lock = await lockUsersFile(this.path, this.lockTimeoutMs);
-      const stats = await this.refresh();
+      if (this.held === undefined) {
+        const lock = await lockUsersFile(this.path, this.lockTimeoutMs);
+        this.held = { lock, since: performance.now() };
+        await this.refresh();
+      }
+      const t1 = performance.now();
+      const stats = statSync(this.path);
+      const tRead = performance.now();
+      batch = await this.takeBatch();
+      const t2 = performance.now();
+      if (batch.length === 0) {
+        this.lastCommit = { size: 0, leftWaiting: 0, ms: 0, endedAt: t2 };
+        return;
+      }
       const model = this.model;
       const now = this.clock();
       const draft = new Map<number, TokenState>();
@@ -351,26 +465,37 @@ export class UsersFile {
         if (change) lineChanges.set(i, change);
       }
       if (lineChanges.size > 0) {
-        const next = withChangedLines(model, lineChanges);
-        const started = performance.now();
-        await replaceFile(this.path, next.bytes, stats);
+        const next = withChangedLines(model, lineChanges, this.spare);
+        const t3 = performance.now();
+        await (await this.tempFor(model.bytes, stats)).replace(next.bytes);
         this.model = next;
-        this.known = identityOf(await stat(this.path));
-        this.log.debug({ event: 'users_file_write', lines: lineChanges.size, batch: batch.length,
-          ms: Math.round(performance.now() - started) }, 'users file written');
+        // Nothing refers to the old content any more: the next write fills it.
+        this.spare = model.bytes.length >= 65536 && model.bytes.byteOffset === 0 ? Buffer.from(model.bytes.buffer) : undefined;
+        this.known = identityOf(statSync(this.path));
+        const ms = (a: number, b: number): number => Math.round((b - a) * 10) / 10;
+        this.log.debug({
+          event: 'users_file_write', lines: lineChanges.size, batch: batch.length, lockMs: ms(t0, t1), statMs: ms(t1, tRead),
+          waitMs: ms(tRead, t2), decideMs: ms(t2, t3), writeMs: ms(t3, performance.now()),
+        }, 'users file written');
       }
       // Memory follows the file: only now, with the change durable, is it visible to other requests.
       for (const [i, s] of draft) {
         const t = this.tokenAt(model, i);
         this.memory.set(tokenKey(t), this.memoryOf(t, s));
       }
+      const endedAt = performance.now();
+      this.lastCommit = { size: batch.length, leftWaiting: this.queue.length, ms: endedAt - t2, endedAt };
+      keepLock = batch.length >= 2 && endedAt - this.held.since < HOLD_MS;
+      // While its clients come back, write the next temp file's bulk (the disk is idle then).
+      if (keepLock) this.prepared = TempFile.prepared(this.path, this.model.bytes, stats).catch(() => undefined);
     } catch (err) {
       this.log.error({ event: 'users_file_write_failed', file: this.path, err: (err as Error).message },
         `${this.path}: could not record logins: ${(err as Error).message}`);
+      batch ??= this.queue.splice(0);
       for (const p of batch) p.resolve({ granted: false, reason: 'unknown_user', unavailable: true });
       return;
     } finally {
-      lock?.release();
+      if (!keepLock) await this.releaseLock();
     }
     batch.forEach((p, k) => p.resolve(outcomes[k] as Outcome));
   }

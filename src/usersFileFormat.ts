@@ -356,8 +356,11 @@ function terminatorOf(raw: Buffer): string {
 /**
  * Replace token lines with their new state; every other byte stays as it was.
  * A changed line keeps its own terminator (CRLF, LF, or none on a last line).
+ * `into`, when big enough, receives the new bytes (a buffer no model uses any
+ * more): a fresh multi-megabyte buffer at every write costs more in page faults
+ * than the copy itself.
  */
-export function withChangedLines(model: UsersFileModel, changes: ReadonlyMap<number, LineState>): UsersFileModel {
+export function withChangedLines(model: UsersFileModel, changes: ReadonlyMap<number, LineState>, into?: Buffer): UsersFileModel {
   if (changes.size === 0) return model;
   const parsed = model.parsed.slice();
   const order = [...changes.keys()].sort((a, b) => a - b);
@@ -379,13 +382,21 @@ export function withChangedLines(model: UsersFileModel, changes: ReadonlyMap<num
     copied = to;
   }
   pieces.push(model.bytes.subarray(copied));
-  // A line starts later (or earlier) by the growth of the changed lines before it.
-  const starts = new Float64Array(model.starts.length);
+  // A line starts later (or earlier) by the growth of the changed lines before it:
+  // only the lines after the first change move.
+  const starts = model.starts.slice();
   let shift = 0;
-  let c = 0;
-  for (let k = 0; k < starts.length; k++) {
-    while (c < order.length && (order[c] as number) < k) shift += growth[c++] as number;
-    starts[k] = (model.starts[k] as number) + shift;
+  for (let c = 0; c < order.length; c++) {
+    shift += growth[c] as number;
+    const to = c + 1 < order.length ? (order[c + 1] as number) : starts.length - 1;
+    for (let k = (order[c] as number) + 1; k <= to; k++) starts[k] = (model.starts[k] as number) + shift;
   }
-  return { ...model, bytes: Buffer.concat(pieces), starts, parsed };
+  const size = pieces.reduce((n, p) => n + p.length, 0);
+  let bytes: Buffer;
+  if (into !== undefined && into.length >= size && into.buffer !== model.bytes.buffer) {
+    let at = 0;
+    for (const p of pieces) at += p.copy(into, at);
+    bytes = into.subarray(0, size);
+  } else bytes = Buffer.concat(pieces, size);
+  return { ...model, bytes, starts, parsed };
 }

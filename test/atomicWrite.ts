@@ -1,7 +1,7 @@
 import t from 'tap';
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { replaceFile, syncDirectory, tempFileOf } from '../src/atomicWrite.js';
+import { changedRanges, replaceFile, syncDirectory, TempFile, tempFileOf } from '../src/atomicWrite.js';
 import { tempDir, writeFile600 } from './lib/harness.js';
 
 t.test('replaces the file by rename, keeping mode, leaving no temp file', async (t) => {
@@ -45,4 +45,42 @@ t.test('a failed write leaves the original and no temp file', async (t) => {
   t.equal(readFileSync(file, 'utf8'), 'keep');
   await syncDirectory(dir);
   t.pass('a directory can be fsynced');
+});
+
+t.test('changedRanges: the pages that differ, and the moved tail', async (t) => {
+  const old = Buffer.alloc(20_000, 'a');
+  t.same(changedRanges(undefined, old), [[0, 20_000]], 'no old content: everything');
+  t.same(changedRanges(old, Buffer.from(old)), [], 'same content: nothing');
+  const onePage = Buffer.from(old);
+  onePage[5000] = 0x62;
+  t.same(changedRanges(old, onePage), [[4096, 8192]]);
+  const twoApart = Buffer.from(onePage);
+  twoApart[17_000] = 0x62;
+  t.same(changedRanges(old, twoApart), [[4096, 8192], [16_384, 20_000]]);
+  const inserted = Buffer.concat([Buffer.alloc(5000, 'a'), Buffer.from('XY'), Buffer.alloc(15_000, 'b')]);
+  t.same(changedRanges(old, inserted), [[4096, 20_002]], 'from the first differing page to the end');
+  const grown = Buffer.concat([old, Buffer.from('tail')]);
+  t.same(changedRanges(old, grown), [[20_000, 20_004]], 'only the appended bytes');
+  const shorter = old.subarray(0, 10_000);
+  t.same(changedRanges(old, shorter), [], 'a shorter file is a truncation');
+});
+
+t.test('a prepared temp file patched into new content equals that content', async (t) => {
+  const dir = tempDir(t);
+  const file = writeFile600(join(dir, 'users'), 'x');
+  for (const [base, next] of [
+    [Buffer.alloc(50_000, 'a'), Buffer.concat([Buffer.alloc(30_000, 'a'), Buffer.from('changed'), Buffer.alloc(19_993, 'a')])],
+    [Buffer.alloc(50_000, 'a'), Buffer.concat([Buffer.from('grown '), Buffer.alloc(50_000, 'a')])],
+    [Buffer.alloc(50_000, 'a'), Buffer.alloc(10_000, 'b')],
+  ] as [Buffer, Buffer][]) {
+    const temp = await TempFile.prepared(file, base, statSync(file));
+    t.ok(temp.holds(base));
+    t.equal(readFileSync(tempFileOf(file)).length, base.length, 'the bulk is written ahead');
+    await temp.replace(next);
+    t.ok(readFileSync(file).equals(next), `${next.length} bytes as expected`);
+    t.notOk(existsSync(tempFileOf(file)));
+  }
+  const unused = await TempFile.prepared(file, Buffer.from('abc'), statSync(file));
+  unused.discard();
+  t.notOk(existsSync(tempFileOf(file)), 'a discarded temp file is deleted');
 });

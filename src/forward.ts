@@ -1,0 +1,139 @@
+// The last step of the pipeline: send an authenticated request to the backend
+// and stream the answer back. Small on purpose: this is the per-request cost
+// of every page and image a logged-in agent loads (see README, "Why these
+// libraries", for why this is not http-proxy-3).
+import {
+  request as httpRequest, type Agent, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse,
+} from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { downstreamHeaders } from './headers.js';
+
+/** The backend did not answer within upstreamTimeout. */
+export class UpstreamTimeout extends Error {
+  readonly code = 'OTPGATE_UPSTREAM_TIMEOUT';
+}
+
+interface Deadline {
+  at: number;
+  readonly expire: () => void;
+}
+
+/**
+ * Deadlines for backend answers, checked by one timer. A timer per request
+ * (socket.setTimeout) cost a fifth of the gateway's CPU time per request in
+ * the benchmark; a sweep over the requests in flight costs next to nothing.
+ */
+export class Deadlines {
+  private readonly pending = new Set<Deadline>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly sweepMs: number) {}
+
+  add(ms: number, expire: () => void): Deadline {
+    const d: Deadline = { at: Date.now() + ms, expire };
+    this.pending.add(d);
+    if (this.timer === undefined) {
+      this.timer = setInterval(() => this.sweep(), this.sweepMs);
+      this.timer.unref();
+    }
+    return d;
+  }
+
+  delete(d: Deadline): void {
+    this.pending.delete(d);
+    if (this.pending.size === 0 && this.timer !== undefined) {
+      clearInterval(this.timer);
+      this.timer = undefined;
+    }
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (const d of this.pending) {
+      if (d.at <= now) {
+        this.delete(d);
+        d.expire();
+      }
+    }
+  }
+}
+
+export interface Upstream {
+  readonly url: URL;
+  readonly agent: Agent;
+  /** how long the backend may stay silent: before its answer starts, and between two chunks of it */
+  readonly timeoutMs: number;
+  readonly deadlines: Deadlines;
+}
+
+/** The upstream path for a request target: the upstream's base path joined with it. */
+export function upstreamPath(base: URL, target: string): string {
+  const prefix = base.pathname.endsWith('/') ? base.pathname.slice(0, -1) : base.pathname;
+  return prefix + target;
+}
+
+const RETRYABLE = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+/** A request that can be sent again as it was: idempotent, and without a body. */
+const retryable = (req: IncomingMessage): boolean =>
+  RETRYABLE.has(req.method ?? '') && req.headers['transfer-encoding'] === undefined &&
+  (req.headers['content-length'] === undefined || req.headers['content-length'] === '0');
+
+/**
+ * Forward `req` with `headers` to the upstream and pipe the answer into `res`.
+ * `failed` is called at most once, for an error before the answer started
+ * (the caller answers 502/504) or after (the caller closes the connection).
+ * `clientOrigin` is the origin the client used, for rewriting redirects.
+ */
+export function forward(
+  req: IncomingMessage, res: ServerResponse, headers: OutgoingHttpHeaders, upstream: Upstream,
+  clientOrigin: string, failed: (err: Error) => void, retry = true,
+): void {
+  const { url } = upstream;
+  let settled = false;
+  let proxyReq: ClientRequest | undefined;
+  const deadline = upstream.deadlines.add(upstream.timeoutMs, () => fail(new UpstreamTimeout('upstream timeout')));
+  const finish = (): void => {
+    settled = true;
+    upstream.deadlines.delete(deadline);
+  };
+  function fail(err: Error): void {
+    if (settled) return;
+    finish();
+    proxyReq?.destroy();
+    // A client that went away is not the backend's failure.
+    if (!res.destroyed && !req.socket.destroyed) failed(err);
+  }
+  proxyReq = (url.protocol === 'https:' ? httpsRequest : httpRequest)({
+    protocol: url.protocol, hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'), port: url.port,
+    method: req.method, path: upstreamPath(url, req.url ?? '/'), headers, agent: upstream.agent,
+  });
+  const sent = proxyReq;
+  sent.on('error', (err: NodeJS.ErrnoException) => {
+    // A kept-alive connection the backend closed just as we reused it: the request
+    // never reached it, so an idempotent one without a body can safely go again.
+    if (retry && !settled && sent.reusedSocket && err.code === 'ECONNRESET' && retryable(req)) {
+      finish();
+      forward(req, res, headers, upstream, clientOrigin, failed, false);
+      return;
+    }
+    fail(err);
+  });
+  sent.on('response', (proxyRes) => {
+    proxyRes.on('error', fail);
+    proxyRes.on('data', () => { deadline.at = Date.now() + upstream.timeoutMs; });
+    proxyRes.on('end', finish);
+    res.writeHead(proxyRes.statusCode ?? 502, proxyRes.statusMessage, downstreamHeaders(proxyRes.headers, url, clientOrigin));
+    proxyRes.pipe(res);
+  });
+  // The client left before the answer was complete: stop the backend work too.
+  res.on('close', () => {
+    if (!res.writableFinished) {
+      finish();
+      sent.destroy();
+    }
+  });
+  req.on('error', () => sent.destroy());
+  if (retry) req.pipe(sent);
+  else sent.end();
+}
