@@ -1,0 +1,230 @@
+// otpgate benchmark: `npm run bench` (builds first). All rows are measured in ONE
+// run, because this small shared machine is noisy and only same-run ratios mean
+// anything. Rows:
+//   (a) the backend (nginx) direct
+//   (b) the yardstick: a minimal Node pass-through proxy without authentication
+//   (c) otpgate, a lingering login (the same valid Authorization on every request)
+//   (d) otpgate, fresh logins: a new valid code on every request, one client per user
+// each for a users file of 10 users and one of 100,000 (the users who log in are
+// the last lines of the file). Results go to stdout and bench/results/latest.json.
+//
+// Rows (a)-(c) are measured interleaved, in rounds (see measureInterleaved):
+// the machine's throughput drifts by tens of percent within a minute.
+//
+// Environment: BENCH_SECONDS (measured seconds per row, default 10),
+// BENCH_ROUNDS (rounds rows a-c are split into, default 5),
+// BENCH_WARMUP (seconds, default 2), BENCH_BACKEND=node (use the Node fallback
+// backend instead of nginx, to test that path), BENCH_PROFILE=1 (run every otpgate under
+// `node --cpu-prof`: profiles in bench/results/profiles/, summaries on stderr and in latest.json;
+// the profiler slows otpgate down, so the targets are not judged in such a run).
+import { chmodSync, copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startBackend } from './lib/backend.mjs';
+import { loginOnce, startGateway } from './lib/gateway.mjs';
+import { selfTestHotp } from './lib/hotp.mjs';
+import { cleanupAll, installCleanupHandlers, makeTempDir, spawnTracked, startNodeServer, stopChild } from './lib/processes.mjs';
+import { ensureCommand } from './lib/tools.mjs';
+import { readCounters, writeUsersFile } from './lib/usersFile.mjs';
+import { measureInterleaved, WRK_CONNECTIONS, WRK_THREADS } from './lib/wrk.mjs';
+import { formatProfileSummary, summariseProfile } from './profile-summary.mjs';
+import { printReport } from './lib/report.mjs';
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
+const WARM_SECONDS = Number(process.env.BENCH_WARMUP ?? 2);
+const PROFILE = process.env.BENCH_PROFILE === '1';
+const SMALL = 10;
+const LARGE = 100_000;
+const FRESH_CLIENTS = 50;
+const RESULTS_DIR = fileURLToPath(new URL('./results/', import.meta.url));
+const PROFILE_DIR = join(RESULTS_DIR, 'profiles');
+
+const log = (message) => process.stderr.write(`bench: ${message}\n`);
+
+/** `node --cpu-prof` arguments when profiling (the profile is written when the process exits normally). */
+const profileArgs = (name) => (PROFILE ? ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR, '--cpu-prof-name', `${name}.cpuprofile`] : []);
+
+/** The yardstick proxy (b), as its own process like otpgate (profiled too, for comparison). */
+function startYardstick(backendPort) {
+  const script = fileURLToPath(new URL('./yardstick-proxy.mjs', import.meta.url));
+  return startNodeServer('yardstick proxy', script, [String(backendPort)], profileArgs('yardstick'));
+}
+
+/** A users file of `total` users in its own temp dir; `copyOf` copies another one instead. */
+function prepareUsersFile(total, copyOf) {
+  const dir = makeTempDir(`otpgate-bench-${total}-`);
+  const path = join(dir, 'otp-users');
+  if (copyOf) {
+    copyFileSync(copyOf.path, path);
+    chmodSync(path, 0o600);
+    return { total, dir, path, active: copyOf.active };
+  }
+  const started = performance.now();
+  const active = writeUsersFile(path, total, Math.min(FRESH_CLIENTS, total));
+  log(`users file of ${total} users written in ${Math.round(performance.now() - started)} ms`);
+  return { total, dir, path, active };
+}
+
+/** The user whose login lingers: the very last line of the file. */
+const lingerUserOf = (file) => file.active[file.active.length - 1];
+
+/** `requests`: how many the process served (warm-up included), for CPU time per request. */
+function profileSummaryOf(name, requests) {
+  if (!PROFILE) return undefined;
+  const summary = summariseProfile(join(PROFILE_DIR, `${name}.cpuprofile`));
+  log(`profile of ${name}:\n${formatProfileSummary(summary, requests)}`);
+  return { ...summary, requests, busyUsPerRequest: requests ? (summary.busyMs * 1000) / requests : undefined };
+}
+
+const gatewayOptions = (ctx, file, name, logLevel) => ({
+  dir: file.dir, name, usersFile: file.path, backendPort: ctx.backend.port, logLevel,
+  profileDir: PROFILE ? PROFILE_DIR : undefined,
+});
+
+/**
+ * Rows (a), (b) and the lingering rows (c): one otpgate per users file, each
+ * with one login done, then all targets measured interleaved by wrk.
+ */
+async function lingeringPhase(ctx, files) {
+  const setups = [
+    { file: files.small, logLevel: 'warn', name: `linger-${SMALL}` },
+    { file: files.large, logLevel: 'warn', name: `linger-${LARGE}` },
+    // Ops run at logLevel info: one lingering row there too (its own copy of the file).
+    { file: files.largeInfo, logLevel: 'info', name: `linger-${LARGE}-info` },
+  ];
+  const gateways = [];
+  for (const s of setups) {
+    log(`starting otpgate on the ${s.file.total}-user file, logLevel ${s.logLevel} ...`);
+    const gateway = await startGateway(gatewayOptions(ctx, s.file, s.name, s.logLevel));
+    const authorization = await loginOnce(gateway, lingerUserOf(s.file), 0);
+    gateways.push({ ...s, gateway, authorization });
+  }
+  const targets = [
+    { key: 'a', url: `http://127.0.0.1:${ctx.backend.port}/` },
+    { key: 'b', url: ctx.yardstick.url },
+    ...gateways.map((g) => ({ key: g.name, url: g.gateway.url, headers: [`Authorization: ${g.authorization}`] })),
+  ];
+  const results = await measureInterleaved(ctx.wrk, targets, { seconds: SECONDS, warmSeconds: WARM_SECONDS, rounds: ROUNDS, log });
+  const load = `wrk -t${WRK_THREADS} -c${WRK_CONNECTIONS}`;
+  const rows = [
+    { id: 'a', label: `backend direct (${ctx.backend.kind})`, load, ...results.get('a') },
+    { id: 'b', label: 'yardstick: minimal Node proxy, no auth', load, ...results.get('b') },
+  ];
+  const profiles = {};
+  for (const g of gateways) {
+    const logLines = g.gateway.logLines();
+    await g.gateway.stop();
+    profiles[g.name] = profileSummaryOf(g.name, results.get(g.name).servedRequests);
+    rows.push({
+      id: 'c', label: 'otpgate, lingering login', users: g.file.total, logLevel: g.logLevel, load,
+      startupMs: g.gateway.startupMs, logLines, ...results.get(g.name),
+    });
+  }
+  return { rows, profiles };
+}
+
+/** Row (d): the Node load client in its own process, one keep-alive connection per user. */
+async function runFreshLoginClient(file, gateway, counters) {
+  const planFile = join(file.dir, 'fresh-plan.json');
+  writeFileSync(planFile, JSON.stringify({
+    url: gateway.url, warmSeconds: WARM_SECONDS, seconds: SECONDS,
+    users: file.active.map((u) => ({ ...u, counter: counters.get(u.login) })),
+  }));
+  const script = fileURLToPath(new URL('./fresh-login-client.mjs', import.meta.url));
+  let result;
+  const child = spawnTracked('fresh-login client', process.execPath, [script, planFile], {
+    onLine: (line) => { if (line.startsWith('{')) result = JSON.parse(line); },
+  });
+  const { code } = await child.exited;
+  if (code !== 0 || !result) throw new Error(`fresh-login client failed (exit ${code}):\n  ${child.tail.join('\n  ')}`);
+  return result;
+}
+
+/**
+ * Nothing lost, nothing extra: each user's counter in the file must have moved by
+ * exactly its number of 200 answers. Read after otpgate was SIGKILLed, so a 200
+ * answered before its write reached the file would show as a counter too low.
+ */
+function checkCounters(perUser, before, after) {
+  const mismatches = [];
+  for (const u of perUser) {
+    const moved = after.get(u.login) - before.get(u.login);
+    if (moved !== u.ok) mismatches.push({ login: u.login, ok200: u.ok, counterMoved: moved });
+  }
+  return { users: perUser.length, matching: perUser.length - mismatches.length, mismatches };
+}
+
+/** Row (d) for one users file, on an otpgate of its own (so a profile shows this scenario alone). */
+async function freshLoginRow(ctx, file) {
+  const name = `fresh-${file.total}`;
+  log(`starting otpgate on the ${file.total}-user file for fresh logins ...`);
+  const gateway = await startGateway(gatewayOptions(ctx, file, name, 'warn'));
+  const before = readCounters(file.path);
+  log(`measuring fresh logins, ${file.active.length} clients (${WARM_SECONDS}s warm-up + ${SECONDS}s) ...`);
+  const fresh = await runFreshLoginClient(file, gateway, before);
+  // Profiles are only written on a graceful stop; otherwise kill (see checkCounters).
+  await (PROFILE ? gateway.stop() : gateway.kill());
+  const counterCheck = checkCounters(fresh.perUser, before, readCounters(file.path));
+  return {
+    row: {
+      id: 'd', label: `otpgate, fresh logins (${fresh.clients} clients)`, users: file.total, logLevel: 'warn',
+      load: `node client, ${fresh.clients} keep-alive connections`, startupMs: gateway.startupMs,
+      rps: fresh.rps, p50Ms: fresh.p50Ms, p99Ms: fresh.p99Ms, ok: fresh.measuredOk, durationS: fresh.durationS,
+      statuses: fresh.statuses, errors: fresh.errors, counterCheck,
+    },
+    profile: profileSummaryOf(name, Object.values(fresh.statuses).reduce((n, k) => n + k, 0)),
+  };
+}
+
+async function main() {
+  installCleanupHandlers();
+  selfTestHotp(); // RFC 4226 vectors, before trusting it to log anyone in
+  const wrk = ensureCommand('wrk', 'wrk', log);
+  if (!wrk.path) {
+    process.stderr.write(`bench: cannot run without wrk: ${wrk.reason}\n`);
+    process.exit(2);
+  }
+  if (PROFILE) mkdirSync(PROFILE_DIR, { recursive: true });
+  const backend = await startBackend(log);
+  const yardstick = await startYardstick(backend.port);
+  const ctx = { wrk: wrk.path, backend, yardstick };
+
+  const small = prepareUsersFile(SMALL);
+  const large = prepareUsersFile(LARGE);
+  const files = { small, large, largeInfo: prepareUsersFile(LARGE, large) };
+
+  const lingering = await lingeringPhase(ctx, files);
+  const freshSmall = await freshLoginRow(ctx, files.small);
+  const freshLarge = await freshLoginRow(ctx, files.large);
+
+  await stopChild(yardstick.child);
+  await stopChild(backend.child, 'SIGQUIT'); // nginx: graceful shutdown
+  const yardstickProfile = profileSummaryOf('yardstick', lingering.rows[1].servedRequests);
+  const [a, b, cSmall, cLarge, cLargeInfo] = lingering.rows;
+  const rows = [a, b, cSmall, freshSmall.row, cLarge, freshLarge.row, cLargeInfo];
+  const report = printReport({
+    rows, backend, profiling: PROFILE, seconds: SECONDS, rounds: ROUNDS, warmSeconds: WARM_SECONDS,
+    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, node: process.version },
+  });
+  const profiles = PROFILE
+    ? {
+      ...lingering.profiles, [`fresh-${SMALL}`]: freshSmall.profile, [`fresh-${LARGE}`]: freshLarge.profile,
+      yardstick: yardstickProfile,
+    }
+    : undefined;
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  writeFileSync(join(RESULTS_DIR, 'latest.json'), `${JSON.stringify({ ...report, profiles }, null, 2)}\n`);
+  log('results written to bench/results/latest.json');
+}
+
+// Exit 0 whether or not the targets hold: the report says which; only a broken run fails.
+main().then(
+  () => { cleanupAll(); process.exit(0); },
+  (err) => {
+    process.stderr.write(`bench: FAILED: ${err.stack ?? err}\n`);
+    cleanupAll();
+    process.exit(1);
+  },
+);
