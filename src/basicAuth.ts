@@ -1,5 +1,6 @@
 // RFC 7617 Basic credentials. Returns undefined for anything malformed and
 // never throws: client input decides between exactly two cases.
+import { isUtf8 } from 'node:buffer';
 
 export interface Credentials {
   readonly login: string;
@@ -12,7 +13,6 @@ const MAX_HEADER = 1024;
 export const MAX_LOGIN = 128; // mod_authn_otp's MAX_USERNAME
 export const MAX_PASSWORD = 256;
 const CONTROL = /[\u0000-\u001f\u007f]/;
-const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 export function parseBasicAuth(header: string | undefined): Credentials | undefined {
   if (header === undefined || header.length > MAX_HEADER) return undefined;
@@ -22,12 +22,8 @@ export function parseBasicAuth(header: string | undefined): Credentials | undefi
   const bytes = Buffer.from(encoded, 'base64');
   // Node's decoder is lenient; insist the value is the canonical encoding of what it decodes to.
   if (bytes.toString('base64') !== encoded) return undefined;
-  let text: string;
-  try {
-    text = utf8.decode(bytes);
-  } catch {
-    return undefined;
-  }
+  if (!isUtf8(bytes)) return undefined;
+  const text = bytes.toString('utf8');
   const colon = text.indexOf(':');
   if (colon <= 0) return undefined;
   const login = text.slice(0, colon);

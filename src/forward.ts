@@ -15,6 +15,10 @@ export class UpstreamTimeout extends Error {
 
 interface Deadline {
   at: number;
+  /** bytes the backend has sent so far: a deadline passes only while nothing arrives */
+  readonly progress: () => number;
+  seen: number;
+  readonly ms: number;
   readonly expire: () => void;
 }
 
@@ -29,8 +33,8 @@ export class Deadlines {
 
   constructor(private readonly sweepMs: number) {}
 
-  add(ms: number, expire: () => void): Deadline {
-    const d: Deadline = { at: Date.now() + ms, expire };
+  add(ms: number, progress: () => number, expire: () => void): Deadline {
+    const d: Deadline = { at: Date.now() + ms, progress, seen: 0, ms, expire };
     this.pending.add(d);
     if (this.timer === undefined) {
       this.timer = setInterval(() => this.sweep(), this.sweepMs);
@@ -50,16 +54,23 @@ export class Deadlines {
   private sweep(): void {
     const now = Date.now();
     for (const d of this.pending) {
-      if (d.at <= now) {
-        this.delete(d);
-        d.expire();
+      if (d.at > now) continue;
+      const progress = d.progress();
+      if (progress !== d.seen) {
+        d.seen = progress;
+        d.at = now + d.ms;
+        continue;
       }
+      this.delete(d);
+      d.expire();
     }
   }
 }
 
 export interface Upstream {
   readonly url: URL;
+  /** url.hostname without the brackets of an IPv6 literal */
+  readonly hostname: string;
   readonly agent: Agent;
   /** how long the backend may stay silent: before its answer starts, and between two chunks of it */
   readonly timeoutMs: number;
@@ -91,49 +102,47 @@ export function forward(
 ): void {
   const { url } = upstream;
   let settled = false;
-  let proxyReq: ClientRequest | undefined;
-  const deadline = upstream.deadlines.add(upstream.timeoutMs, () => fail(new UpstreamTimeout('upstream timeout')));
-  const finish = (): void => {
+  const proxyReq = (url.protocol === 'https:' ? httpsRequest : httpRequest)({
+    protocol: url.protocol, hostname: upstream.hostname, port: url.port,
+    method: req.method, path: upstreamPath(url, req.url ?? '/'), headers, agent: upstream.agent,
+  }, (proxyRes) => {
+    proxyRes.on('error', fail);
+    res.writeHead(proxyRes.statusCode ?? 502, proxyRes.statusMessage, downstreamHeaders(proxyRes.headers, url, clientOrigin));
+    proxyRes.pipe(res);
+  });
+  const deadline = upstream.deadlines.add(upstream.timeoutMs, () => proxyReq.socket?.bytesRead ?? 0,
+    () => fail(new UpstreamTimeout('upstream timeout')));
+  function finish(): void {
     settled = true;
     upstream.deadlines.delete(deadline);
-  };
+  }
   function fail(err: Error): void {
     if (settled) return;
     finish();
-    proxyReq?.destroy();
+    proxyReq.destroy();
     // A client that went away is not the backend's failure.
     if (!res.destroyed && !req.socket.destroyed) failed(err);
   }
-  proxyReq = (url.protocol === 'https:' ? httpsRequest : httpRequest)({
-    protocol: url.protocol, hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'), port: url.port,
-    method: req.method, path: upstreamPath(url, req.url ?? '/'), headers, agent: upstream.agent,
-  });
-  const sent = proxyReq;
-  sent.on('error', (err: NodeJS.ErrnoException) => {
+  proxyReq.on('error', (err: NodeJS.ErrnoException) => {
     // A kept-alive connection the backend closed just as we reused it: the request
     // never reached it, so an idempotent one without a body can safely go again.
-    if (retry && !settled && sent.reusedSocket && err.code === 'ECONNRESET' && retryable(req)) {
+    if (retry && !settled && proxyReq.reusedSocket && err.code === 'ECONNRESET' && retryable(req)) {
       finish();
       forward(req, res, headers, upstream, clientOrigin, failed, false);
       return;
     }
     fail(err);
   });
-  sent.on('response', (proxyRes) => {
-    proxyRes.on('error', fail);
-    proxyRes.on('data', () => { deadline.at = Date.now() + upstream.timeoutMs; });
-    proxyRes.on('end', finish);
-    res.writeHead(proxyRes.statusCode ?? 502, proxyRes.statusMessage, downstreamHeaders(proxyRes.headers, url, clientOrigin));
-    proxyRes.pipe(res);
-  });
-  // The client left before the answer was complete: stop the backend work too.
+  // The answer is complete, or the client left first: then stop the backend work too.
   res.on('close', () => {
-    if (!res.writableFinished) {
-      finish();
-      sent.destroy();
-    }
+    if (settled) return;
+    finish();
+    if (!res.writableFinished) proxyReq.destroy();
   });
-  req.on('error', () => sent.destroy());
-  if (retry) req.pipe(sent);
-  else sent.end();
+  req.on('error', ignore);
+  if (retry) req.pipe(proxyReq);
+  else proxyReq.end();
 }
+
+// Errors of the client's request stream end in res 'close'; without a listener they would be thrown.
+const ignore = (): void => undefined;

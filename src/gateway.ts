@@ -108,7 +108,8 @@ export class Gateway {
     return {
       config, users, identity: normalizedHeaderName(config.identityHeader),
       upstream: {
-        url: config.upstream, agent: config.upstream.protocol === 'https:' ? this.agents['https:'] : this.agents['http:'],
+        url: config.upstream, hostname: config.upstream.hostname.replace(/^\[(.*)\]$/, '$1'),
+        agent: config.upstream.protocol === 'https:' ? this.agents['https:'] : this.agents['http:'],
         timeoutMs: config.upstreamTimeout * 1000, deadlines: this.deadlines,
       },
     };

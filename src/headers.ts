@@ -40,6 +40,8 @@ export interface ForwardContext {
   readonly proto: 'http' | 'https';
 }
 
+const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
+
 const first = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v);
 
 /**
@@ -61,7 +63,7 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, ctx: ForwardConte
   }
   if (ctx.login !== undefined) {
     // Node writes header values as latin1: pass the login's UTF-8 bytes through unchanged.
-    out[ctx.identityHeader] = Buffer.from(ctx.login, 'utf8').toString('latin1');
+    out[ctx.identityHeader] = PRINTABLE_ASCII.test(ctx.login) ? ctx.login : Buffer.from(ctx.login, 'utf8').toString('latin1');
   }
   const xff = ctx.peerTrusted ? first(incoming['x-forwarded-for']) : undefined;
   out['x-forwarded-for'] = xff ? `${xff}, ${ctx.peer}` : ctx.peer;
@@ -75,7 +77,8 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, ctx: ForwardConte
 /** Names listed in a Connection header: they describe one connection, never the next hop's. */
 const NONE: ReadonlySet<string> = new Set();
 function connectionNamed(value: string | string[] | undefined): ReadonlySet<string> {
-  if (value === undefined) return NONE;
+  // The common values name no other header (and Keep-Alive goes anyway).
+  if (value === undefined || value === 'keep-alive' || value === 'close') return NONE;
   const named = new Set<string>();
   for (const v of Array.isArray(value) ? value : [value]) {
     for (const token of v.split(',')) {

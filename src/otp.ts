@@ -1,5 +1,5 @@
 // OTP maths: pure functions of key, counter and time. No I/O, no clock.
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import { counterToBytes, dynamicTruncate, truncateDigits } from '@otplib/core';
 
 export type Algorithm = 'HOTP' | 'MOTP';
@@ -37,12 +37,16 @@ export function codeAt(type: TokenType, key: Uint8Array, pin: string, counter: n
   return type.algorithm === 'MOTP' ? motp(key, pin, counter, type.digits) : hotp(key, counter, type.digits);
 }
 
-/** Constant-time comparison of two codes; only the (public) length may leak. */
+/**
+ * Constant-time comparison of two codes; only the (public) length may leak. A
+ * loop without early exit rather than timingSafeEqual: that one needs two
+ * buffers made per comparison, and lingering requests compare on every request.
+ */
 export function codesEqual(a: string, b: string): boolean {
-  const x = Buffer.from(a, 'utf8');
-  const y = Buffer.from(b, 'utf8');
-  if (x.length !== y.length) return false;
-  return timingSafeEqual(x, y);
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a.charCodeAt(i) ^ b.charCodeAt(i);
+  return diff === 0;
 }
 
 /** The RFC 6238 time step containing `nowSeconds`. */

@@ -62,7 +62,17 @@ export interface UsersFileOptions {
 /** How long consecutive commits may keep the lock before letting others have it. */
 const HOLD_MS = 500;
 
-const tokenKey = (t: TokenLine): string => `${t.login}\0${t.typeText}\0${t.keyHex}\0${t.pin}`;
+// A token's identity across reloads: memory follows the token, not its line number.
+// Cached per line object: built on every lingering request otherwise.
+const tokenKeys = new WeakMap<TokenLine, string>();
+function tokenKey(t: TokenLine): string {
+  let key = tokenKeys.get(t);
+  if (key === undefined) {
+    key = `${t.login}\0${t.typeText}\0${t.keyHex}\0${t.pin}`;
+    tokenKeys.set(t, key);
+  }
+  return key;
+}
 
 interface FileIdentity { ino: number; size: number; mtimeMs: number; ctimeMs: number }
 const identityOf = (s: Stats): FileIdentity => ({ ino: s.ino, size: s.size, mtimeMs: s.mtimeMs, ctimeMs: s.ctimeMs });
@@ -154,9 +164,9 @@ export class UsersFile {
     const states = lines.map((i) => this.stateOf(this.model, i, now));
     // Only a linger, a lock or a logout can be answered without the lock; anything
     // else is decided under it, so the OTP window is searched once, not twice.
-    const lower = password.toLowerCase();
     const mayAnswerNow = password === '' ||
-      states.some((s) => s.lastOtp !== undefined && (password.endsWith(s.lastOtp) || lower.endsWith(s.lastOtp))) ||
+      states.some((s) => s.lastOtp !== undefined &&
+        (password.endsWith(s.lastOtp) || (s.spec.type.algorithm === 'MOTP' && password.toLowerCase().endsWith(s.lastOtp)))) ||
       states.every((s) => isLocked(s, now, this.policy));
     const verdict = mayAnswerNow ? decide(states, { password, ip, now, logout }, this.policy) : undefined;
     if (verdict && verdict.changes.size === 0) return this.outcome(verdict);

@@ -1,12 +1,13 @@
-// otpgate as the benchmark runs it: `node bin/otpgate serve --config FILE`, a
+// otpgate as the benchmark runs it: `node <bin/otpgate's flags> bin/otpgate serve --config FILE`, a
 // child process with its own event loop, on a loopback port picked for it.
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { basicAuth, hotp } from './hotp.mjs';
 import { freePort, spawnTracked, stopChild, waitForHttp } from './processes.mjs';
 
 const OTPGATE = fileURLToPath(new URL('../../bin/otpgate', import.meta.url));
+const SHEBANG_FLAGS = (readFileSync(OTPGATE, 'utf8').split('\n')[0] ?? '').split(/\s+/).filter((w) => w.startsWith('--'));
 
 /**
  * Start otpgate on `usersFile` in front of the backend. `profileDir` runs it
@@ -23,7 +24,9 @@ export async function startGateway({ dir, name, usersFile, backendPort, logLevel
     realm: 'bench',
     logLevel,
   }, null, 2)}\n`);
-  const nodeArgs = profileDir ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `${name}.cpuprofile`] : [];
+  // The node flags of bin/otpgate's shebang line, so a profiled run keeps them.
+  const nodeArgs = [...SHEBANG_FLAGS,
+    ...(profileDir ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `${name}.cpuprofile`] : [])];
   let logLines = 0;
   // stdout (the JSON log) is always drained: at logLevel info a full pipe would block otpgate.
   const child = spawnTracked(`otpgate (${name})`, process.execPath, [...nodeArgs, OTPGATE, 'serve', '--config', config], {
