@@ -5,7 +5,7 @@
 // takes microseconds, while a trip through the thread pool waits behind every
 // request the event loop is serving. Writing the data and the fsyncs stay
 // asynchronous so requests keep flowing meanwhile.
-import { closeSync, constants, fchmodSync, fchownSync, fsync, ftruncateSync, openSync, renameSync, rmSync, write } from 'node:fs';
+import { closeSync, constants, fchmodSync, fchownSync, fsync, ftruncateSync, openSync, renameSync, rmSync, statSync, write } from 'node:fs';
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 import type { Stats } from 'node:fs';
@@ -81,23 +81,36 @@ export class TempFile {
     }
   }
 
-  /** Make the temp file hold `bytes`, fsync it, rename it over the file, fsync the directory. */
-  async replace(bytes: Buffer): Promise<void> {
+  /**
+   * Make the temp file hold `bytes`, fsync it, rename it over the file, fsync
+   * the directory. `stillCurrent`, asked just before the rename, can veto it
+   * (the file changed under someone who ignores the lock): then the temp file
+   * is deleted and the result is undefined. Otherwise the result is the file's
+   * stats right after the rename.
+   */
+  async replace(bytes: Buffer, stillCurrent: () => boolean = () => true): Promise<Stats | undefined> {
     const fd = this.descriptor();
+    let after: Stats;
     try {
       for (const [from, to] of changedRanges(this.content, bytes)) await writeRange(fd, bytes, from, to);
       if (this.content !== undefined && this.content.length > bytes.length) ftruncateSync(fd, bytes.length);
       this.content = undefined;
       await fsyncAsync(fd);
+      if (!stillCurrent()) {
+        this.discard();
+        return undefined;
+      }
       closeSync(fd);
       this.fd = undefined;
       renameSync(tempFileOf(this.file), this.file);
       this.done = true;
+      after = statSync(this.file);
     } catch (err) {
       this.discard();
       throw err;
     }
     await syncDirectory(dirname(this.file));
+    return after;
   }
 
   /** Does it hold exactly this content (the buffer it was prepared from)? */
@@ -142,14 +155,6 @@ export function changedRanges(old: Buffer | undefined, next: Buffer): [number, n
     else ranges.push([common, next.length]);
   }
   return ranges;
-}
-
-/**
- * Replace `file` with `bytes`, keeping `original`'s mode and owner. Only call
- * while holding the users-file lock.
- */
-export async function replaceFile(file: string, bytes: Buffer, original: Stats): Promise<void> {
-  await TempFile.create(file, original).replace(bytes);
 }
 
 /** fsync a directory so a rename in it survives a power loss. */

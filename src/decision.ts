@@ -127,15 +127,17 @@ export function lastUsedStep(s: TokenState, maxOffset: number): number | undefin
   return s.usedStep === undefined ? derived : Math.max(derived, s.usedStep);
 }
 
-/** A logout: the linger ends; the code stays known as used. */
+/**
+ * A logout: the linger ends; the code stays known as used. A time token keeps
+ * its last OTP and time (they tell which step was used, also after a restart)
+ * and loses the IP: a last OTP without IP never lingers (users-file.md). An
+ * event token forgets its last OTP, as mod_authn_otp does: its counter has
+ * moved past that code anyway.
+ */
 function endLinger(s: TokenState, maxOffset: number): TokenState {
-  const usedStep = lastUsedStep(s, maxOffset);
-  // liboath's 7-field lines keep their last OTP (it guards liboath against replay);
-  // there the linger lives in memory only, through lastIp.
-  if (s.spec.liboathLayout) return { ...s, lastIp: undefined, lastActive: undefined, usedStep, retiredOtp: s.lastOtp };
-  return {
-    ...s, lastOtp: undefined, lastTime: undefined, lastIp: undefined, lastActive: undefined, usedStep, retiredOtp: s.lastOtp,
-  };
+  const ended = { ...s, lastIp: undefined, lastActive: undefined, usedStep: lastUsedStep(s, maxOffset), retiredOtp: s.lastOtp };
+  if (s.spec.liboathLayout || s.spec.type.stepSeconds > 0) return ended;
+  return { ...ended, lastOtp: undefined, lastTime: undefined };
 }
 
 function success(s: TokenState, counter: number, code: string, attempt: Attempt): TokenState {
@@ -166,7 +168,8 @@ function tryCode(s: TokenState, code: string, attempt: Attempt, policy: Policy):
 /**
  * Decide one login attempt against all of a user's token lines, in file order:
  * the first line whose PIN and code both match logs in (liboath's rule), and only
- * that line is consumed. A wrong PIN or code counts one failure on every line tried.
+ * that line is consumed. A wrong PIN or code counts one failure on every line
+ * that is not locked.
  */
 export function decide(lines: readonly TokenState[], attempt: Attempt, policy: Policy): Verdict {
   const changes = new Map<number, TokenState>();

@@ -15,9 +15,10 @@ export class UpstreamTimeout extends Error {
 
 interface Deadline {
   at: number;
-  /** bytes the backend has sent so far: a deadline passes only while nothing arrives */
-  readonly progress: () => number;
-  seen: number;
+  /** bytes sent and received on the backend connection so far, if it has one yet */
+  readonly progress: () => number | undefined;
+  /** progress when last looked at; undefined until the connection is known */
+  seen: number | undefined;
   readonly ms: number;
   readonly expire: () => void;
 }
@@ -26,6 +27,8 @@ interface Deadline {
  * Deadlines for backend answers, checked by one timer. A timer per request
  * (socket.setTimeout) cost a fifth of the gateway's CPU time per request in
  * the benchmark; a sweep over the requests in flight costs next to nothing.
+ * A deadline passes only after `ms` without a byte moving either way, so a
+ * long upload or a slow download is not cut while it flows.
  */
 export class Deadlines {
   private readonly pending = new Set<Deadline>();
@@ -33,8 +36,8 @@ export class Deadlines {
 
   constructor(private readonly sweepMs: number) {}
 
-  add(ms: number, progress: () => number, expire: () => void): Deadline {
-    const d: Deadline = { at: Date.now() + ms, progress, seen: 0, ms, expire };
+  add(ms: number, progress: () => number | undefined, expire: () => void): Deadline {
+    const d: Deadline = { at: Date.now() + ms, progress, seen: undefined, ms, expire };
     this.pending.add(d);
     if (this.timer === undefined) {
       this.timer = setInterval(() => this.sweep(), this.sweepMs);
@@ -54,13 +57,15 @@ export class Deadlines {
   private sweep(): void {
     const now = Date.now();
     for (const d of this.pending) {
-      if (d.at > now) continue;
       const progress = d.progress();
-      if (progress !== d.seen) {
+      // A reused connection has counted earlier requests' bytes: start from what it had.
+      if (d.seen === undefined) d.seen = progress;
+      else if (progress !== d.seen) {
         d.seen = progress;
         d.at = now + d.ms;
         continue;
       }
+      if (d.at > now) continue;
       this.delete(d);
       d.expire();
     }
@@ -107,11 +112,19 @@ export function forward(
     method: req.method, path: upstreamPath(url, req.url ?? '/'), headers, agent: upstream.agent,
   }, (proxyRes) => {
     proxyRes.on('error', fail);
-    res.writeHead(proxyRes.statusCode ?? 502, proxyRes.statusMessage, downstreamHeaders(proxyRes.headers, url, clientOrigin));
+    const status = proxyRes.statusCode ?? 0;
+    // Node would throw on a status it cannot send (an HTTP/1.1 "000" from a broken backend).
+    if (status < 100 || status > 999) {
+      fail(new Error(`backend answered with status ${status}`));
+      return;
+    }
+    res.writeHead(status, proxyRes.statusMessage, downstreamHeaders(proxyRes.headers, url, clientOrigin));
     proxyRes.pipe(res);
   });
-  const deadline = upstream.deadlines.add(upstream.timeoutMs, () => proxyReq.socket?.bytesRead ?? 0,
-    () => fail(new UpstreamTimeout('upstream timeout')));
+  const deadline = upstream.deadlines.add(upstream.timeoutMs, () => {
+    const socket = proxyReq.socket;
+    return socket ? socket.bytesRead + socket.bytesWritten : undefined;
+  }, () => fail(new UpstreamTimeout('upstream timeout')));
   function finish(): void {
     settled = true;
     upstream.deadlines.delete(deadline);

@@ -98,10 +98,11 @@ export class Gateway {
 
   /** Swap in a new configuration and users file (SIGHUP); listen address and timeouts need a restart. */
   swap(config: Config, users: UsersFile): void {
-    this.live = this.liveFor(config, users);
-    if (config.tls && 'setSecureContext' in this.server) {
-      this.server.setSecureContext({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) });
-    }
+    // Everything that can fail first: a failed reload must change nothing.
+    const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) } : undefined;
+    const live = this.liveFor(config, users);
+    if (tls && 'setSecureContext' in this.server) this.server.setSecureContext(tls);
+    this.live = live;
   }
 
   private liveFor(config: Config, users: UsersFile): Live {
@@ -175,6 +176,7 @@ export class Gateway {
   }
 
   private forward(req: IncomingMessage, res: ServerResponse, live: Live, login: string, peer: string, peerTrusted: boolean): void {
+    if (res.destroyed) return; // the client left while its login was being recorded
     const proto = live.config.tls ? 'https' : 'http';
     const headers = upstreamHeaders(req.headers, {
       identity: live.identity, identityHeader: live.config.identityHeader, login, peer, peerTrusted, proto,
@@ -212,6 +214,7 @@ export class Gateway {
     const entry = {
       event: 'auth', user: login, ip, result: outcome.granted ? 'granted' : 'denied', reason: outcome.reason,
       ...(outcome.detail ? { detail: outcome.detail } : {}),
+      ...(outcome.counted ? { counted: true } : {}),
       ...(logoutPath ? { path: 'logout' } : {}),
       ...(outcome.unavailable ? { unavailable: true } : {}),
     };

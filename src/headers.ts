@@ -61,6 +61,10 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, ctx: ForwardConte
     if (FORWARDING.has(norm)) continue;
     out[name] = value;
   }
+  // The client's framing is gone with its hop-by-hop headers: a body sent chunked
+  // must go on chunked, or it would reach the backend raw, where it could be read
+  // as a second request (smuggled, with any identity header it likes).
+  if (incoming['transfer-encoding'] !== undefined) out['transfer-encoding'] = 'chunked';
   if (ctx.login !== undefined) {
     // Node writes header values as latin1: pass the login's UTF-8 bytes through unchanged.
     out[ctx.identityHeader] = PRINTABLE_ASCII.test(ctx.login) ? ctx.login : Buffer.from(ctx.login, 'utf8').toString('latin1');

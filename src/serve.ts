@@ -107,11 +107,12 @@ export async function start(config: Config, log: Logger, reread?: () => Config):
       try {
         if (next.usersFile !== current.usersFile) {
           nextUsers = openUsersFile(next, log);
+          await nextUsers.removeStaleTemp();
         } else {
           await running.users.reload();
-          running.users.setPolicy(policyOf(next));
         }
         gateway.swap(next, nextUsers);
+        nextUsers.setPolicy(policyOf(next));
       } catch (err) {
         log.error({ event: 'reload_failed' }, `reload failed, keeping the running configuration: ${(err as Error).message}`);
         if (nextUsers !== running.users) await nextUsers.close();

@@ -1,12 +1,12 @@
 // The users file as a live store: an in-memory index for lookups, a watch for
 // admins' edits, and group-committed durable writes under the shared lock.
-// Every state change is decided again under the lock against the file as it
-// is on disk, and no request is answered before its change is fsynced.
+// Every state change is decided under the lock against the file as it is on
+// disk; no login is granted before its change is fsynced.
 import { closeSync, fstatSync, openSync, readFileSync, readSync, statSync, type Stats } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { TempFile, tempFileOf } from './atomicWrite.js';
-import { decide, decoyCheck, isLocked, type Policy, type Reason, type TokenState, type Verdict } from './decision.js';
+import { decide, decoyCheck, type Policy, type Reason, type TokenState, type Verdict } from './decision.js';
 import { lockUsersFile, type HeldLock } from './fileLock.js';
 import {
   layoutStoresFailures, lineState, parseUsersFile, parseUsersFileInSlices, withChangedLines,
@@ -61,6 +61,8 @@ export interface UsersFileOptions {
 
 /** How long consecutive commits may keep the lock before letting others have it. */
 const HOLD_MS = 500;
+/** How often a batch is decided again because someone changed the file without the lock. */
+const MAX_ATTEMPTS = 3;
 
 // A token's identity across reloads: memory follows the token, not its line number.
 // Cached per line object: built on every lingering request otherwise.
@@ -90,15 +92,14 @@ export function permissionProblem(path: string, mode: number): string | undefine
     'chmod 600 it, or set allowInsecurePermissions: true';
 }
 
-function readUsersFile(path: string): { bytes: Buffer; stats: Stats } {
-  try {
-    return { stats: statSync(path), bytes: readFileSync(path) };
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'is a directory' : code;
-    throw new UsersFileError(`${path}: cannot read users file (${why})`);
-  }
+function cannotRead(path: string, err: unknown): UsersFileError {
+  const code = (err as NodeJS.ErrnoException).code;
+  const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'is a directory' : code;
+  return new UsersFileError(`${path}: cannot read users file (${why})`);
 }
+
+/** The file was changed by someone who does not take the lock, between our read and our rename. */
+class ChangedMeanwhile extends Error {}
 
 export class UsersFile {
   readonly path: string;
@@ -107,14 +108,25 @@ export class UsersFile {
   private readonly clock: () => number;
   private readonly lockTimeoutMs: number;
   private model: UsersFileModel;
+  /** the file's identity when we last read or wrote it */
   private known: FileIdentity | undefined;
   private memory = new Map<string, Memory>();
-  private queue: Pending[] = [];
-  private draining = false;
-  private ops: Promise<unknown> = Promise.resolve();
-  private poller: NodeJS.Timeout | undefined;
   private problem: string | undefined;
   private closed = false;
+  private readonly poller: NodeJS.Timeout | undefined;
+  /** file operations (commits, reloads) run one at a time, in this chain */
+  private ops: Promise<unknown> = Promise.resolve();
+  private queue: Pending[] = [];
+  private draining: Promise<void> | undefined;
+  private reloadsWaiting = 0;
+  /** the lock, while consecutive commits keep it (at most HOLD_MS) */
+  private held: { lock: HeldLock; since: number } | undefined;
+  /** while the lock is held: the temp file, already holding the current content (see TempFile.prepared) */
+  private prepared: Promise<TempFile | undefined> | undefined;
+  /** the last commit: its batch, how many logins were queued behind it, how long it took, when it ended */
+  private lastCommit = { size: 0, leftWaiting: 0, ms: 0, endedAt: 0 };
+  private wakeWhen: { size: number; wake: () => void } | undefined;
+  /** reused buffers: the re-read before a commit, and the content of the next write */
   private scratch = Buffer.alloc(0);
   private spare: Buffer | undefined;
 
@@ -125,8 +137,13 @@ export class UsersFile {
     this.log = options.log;
     this.clock = options.clock ?? ((): number => Date.now() / 1000);
     this.lockTimeoutMs = options.lockTimeoutMs ?? 10_000;
-    const { bytes, stats } = readUsersFile(this.path);
-    this.known = identityOf(stats);
+    let bytes: Buffer;
+    try {
+      this.known = identityOf(statSync(this.path));
+      bytes = readFileSync(this.path);
+    } catch (err) {
+      throw cannotRead(this.path, err);
+    }
     this.model = this.reportProblems(parseUsersFile(bytes));
     if (options.pollMs !== 0) {
       this.poller = setInterval(() => this.poll(), options.pollMs ?? 1000);
@@ -134,9 +151,13 @@ export class UsersFile {
     }
   }
 
-  /** File permissions as loaded (for the startup check). */
+  /** The file's stats (for the startup permission check), or UsersFileError naming it. */
   static statOf(path: string): Stats {
-    return readUsersFile(path).stats;
+    try {
+      return statSync(path);
+    } catch (err) {
+      throw cannotRead(path, err);
+    }
   }
 
   get usable(): boolean { return this.problem === undefined; }
@@ -148,32 +169,27 @@ export class UsersFile {
   setPolicy(policy: Policy): void { this.policy = policy; }
 
   /**
-   * Authenticate. Answers at once when nothing durable changes (a linger, a
-   * lock, an unknown user); otherwise after the change is on disk.
+   * Authenticate. A linger is answered at once (nothing durable changes).
+   * Everything else is decided under the lock in the next group commit:
+   * refusals as soon as they are decided (unknown logins, locked users and
+   * wrong codes alike, so their timing tells nothing apart), grants once their
+   * change is on disk.
    */
   authenticate(login: string, password: string, ip: string, logout = false): Outcome | Promise<Outcome> {
     if (this.problem !== undefined) return { granted: false, reason: 'unknown_user', unavailable: true };
     const lines = this.model.index.get(login);
-    if (lines === undefined || this.model.refused.has(login)) {
-      decoyCheck(password, this.policy);
-      return lines === undefined
-        ? { granted: false, reason: 'unknown_user' }
-        : { granted: false, reason: 'unknown_user', detail: 'malformed line in users file' };
-    }
-    const now = this.clock();
-    const states = lines.map((i) => this.stateOf(this.model, i, now));
-    // Only a linger, a lock or a logout can be answered without the lock; anything
-    // else is decided under it, so the OTP window is searched once, not twice.
-    const mayAnswerNow = password === '' ||
-      states.some((s) => s.lastOtp !== undefined &&
-        (password.endsWith(s.lastOtp) || (s.spec.type.algorithm === 'MOTP' && password.toLowerCase().endsWith(s.lastOtp)))) ||
-      states.every((s) => isLocked(s, now, this.policy));
-    const verdict = mayAnswerNow ? decide(states, { password, ip, now, logout }, this.policy) : undefined;
-    if (verdict && verdict.changes.size === 0) return this.outcome(verdict);
-    if (verdict?.reason === 'linger') {
-      // Only the idle clock moves, and it lives in memory: no write, no wait.
-      for (const [k, s] of verdict.changes) this.touch(this.tokenAt(this.model, lines[k] as number), s);
-      return this.outcome(verdict);
+    if (lines !== undefined && !logout && !this.model.refused.has(login)) {
+      const now = this.clock();
+      const states = lines.map((i) => this.stateOf(this.model, i, now));
+      // Only credentials ending in a recorded last OTP can ride a linger.
+      const mayLinger = states.some((s) => s.lastOtp !== undefined &&
+        (password.endsWith(s.lastOtp) || (s.spec.type.algorithm === 'MOTP' && password.toLowerCase().endsWith(s.lastOtp))));
+      const verdict = mayLinger ? decide(states, { password, ip, now }, this.policy) : undefined;
+      if (verdict?.reason === 'linger') {
+        // Only the idle clock moves, and it lives in memory: no write, no wait.
+        for (const [k, s] of verdict.changes) this.touch(this.tokenAt(this.model, lines[k] as number), s);
+        return this.outcome(verdict);
+      }
     }
     return new Promise<Outcome>((resolve) => {
       this.queue.push({ login, password, ip, logout, resolve });
@@ -183,10 +199,15 @@ export class UsersFile {
   }
 
   /** Re-read the file now (SIGHUP); resolves once the new content is in use. */
-  reload(): Promise<void> {
-    return this.exclusive(async () => {
-      await this.refresh();
-    });
+  async reload(): Promise<void> {
+    this.reloadsWaiting++; // a drain under load lets it through at the next commit
+    try {
+      await this.exclusive(async () => {
+        await this.refresh();
+      });
+    } finally {
+      this.reloadsWaiting--;
+    }
   }
 
   /** Remove a temp file left by a writer that crashed (only while holding the lock). */
@@ -201,11 +222,14 @@ export class UsersFile {
     });
   }
 
+  /** Stop watching, and return once every queued login has been answered. */
   async close(): Promise<void> {
     this.closed = true;
     if (this.poller) clearInterval(this.poller);
-    await this.ops.catch(() => undefined);
-    while (this.draining || this.queue.length > 0) await this.ops.catch(() => undefined);
+    while (this.draining !== undefined || this.queue.length > 0) {
+      await (this.draining ?? new Promise((resolve) => setImmediate(resolve)));
+    }
+    await this.ops;
   }
 
   private outcome(v: Verdict): Outcome {
@@ -296,23 +320,23 @@ export class UsersFile {
   }
 
   private scheduleDrain(): void {
-    if (this.draining) return;
-    this.draining = true;
+    if (this.draining !== undefined) return;
     // setImmediate: let the requests that arrived together join one batch.
-    setImmediate(() => {
-      void this.exclusive(() => this.drain()).finally(() => {
-        this.draining = false;
+    this.draining = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.exclusive(() => this.drain()))
+      .catch((err: Error) => this.log.error({ event: 'internal_error', err: err.message }, 'users file commit failed'))
+      .finally(() => {
+        this.draining = undefined;
         if (this.queue.length > 0) this.scheduleDrain();
       });
-    });
   }
 
   private async drain(): Promise<void> {
     try {
       // A commit that kept the lock expects its clients back: the next commit
       // starts at once and waits for them, though the queue is empty while they
-      // are being answered.
-      while (this.queue.length > 0 || this.held !== undefined) await this.commit();
+      // are being answered. A reload waiting for its turn ends the drain.
+      while ((this.queue.length > 0 || this.held !== undefined) && this.reloadsWaiting === 0) await this.commit();
     } finally {
       await this.releaseLock();
     }
@@ -335,11 +359,6 @@ export class UsersFile {
     });
   }
 
-  /** The last commit: its batch, how many logins were queued behind it, how long it took, when it ended. */
-  private lastCommit = { size: 0, leftWaiting: 0, ms: 0, endedAt: 0 };
-
-  private wakeWhen: { size: number; wake: () => void } | undefined;
-
   private moreQueued(size: number, ms: number): Promise<void> {
     if (this.queue.length >= size || ms <= 0) return Promise.resolve();
     return new Promise((resolve) => {
@@ -359,14 +378,14 @@ export class UsersFile {
   }
 
   /**
-   * Re-read the file, and adopt it if it changed since we last saw it. Returns
-   * its stats. Synchronous on purpose: copying even a 100,000-user file from
-   * the page cache takes a millisecond or two, while a trip through the thread
-   * pool waits behind every request being served, and this runs with the lock
-   * held. Read through one descriptor (the stats belong to the bytes) into a
-   * reused buffer, not a fresh multi-megabyte one at every commit.
+   * Re-read the file, and adopt it if it changed since we last saw it.
+   * Synchronous on purpose: copying even a 100,000-user file from the page
+   * cache takes a millisecond or two, while a trip through the thread pool
+   * waits behind every request being served, and this runs with the lock held.
+   * Read through one descriptor (the stats belong to the bytes) into a reused
+   * buffer, not a fresh multi-megabyte one at every commit.
    */
-  private async refresh(): Promise<Stats> {
+  private async refresh(): Promise<void> {
     let stats: Stats;
     let current: Buffer;
     try {
@@ -393,7 +412,6 @@ export class UsersFile {
     this.problem = undefined;
     if (current.equals(this.model.bytes)) this.known = identityOf(stats);
     else await this.adopt(Buffer.from(current), stats);
-    return stats;
   }
 
   private poll(): void {
@@ -408,105 +426,149 @@ export class UsersFile {
     if (!sameIdentity(this.known, current) || this.problem !== undefined) void this.reload().catch(() => undefined);
   }
 
-  /** One group commit: decide every pending attempt again under the lock, write once, answer all. */
   /**
-   * The lock, while consecutive commits keep it. Nobody who respects the lock
-   * can change the file meanwhile, so it is re-read once per acquisition, not
-   * before each of those writes; held at most HOLD_MS so others get their turn.
+   * Decide every pending login of a batch against the model and memory as they
+   * are now. Later logins in the batch see the changes of earlier ones.
    */
-  private held: { lock: HeldLock; since: number } | undefined;
-  /** While the lock is held: the temp file, already holding the current content (see TempFile.prepared). */
-  private prepared: Promise<TempFile | undefined> | undefined;
-
-  private async releaseLock(): Promise<void> {
-    // The temp file is the lock holder's: delete it before letting go.
-    (await this.prepared)?.discard();
-    this.prepared = undefined;
-    this.held?.lock.release();
-    this.held = undefined;
+  private decideBatch(batch: readonly Pending[]): { model: UsersFileModel; draft: Map<number, TokenState>; outcomes: Outcome[] } {
+    const model = this.model;
+    const now = this.clock();
+    const draft = new Map<number, TokenState>();
+    const outcomes = batch.map((p): Outcome => {
+      const lines = model.index.get(p.login);
+      if (lines === undefined || model.refused.has(p.login)) {
+        decoyCheck(p.password, this.policy);
+        return lines === undefined ? { granted: false, reason: 'unknown_user' }
+          : { granted: false, reason: 'unknown_user', detail: 'malformed line in users file' };
+      }
+      const states = lines.map((i) => draft.get(i) ?? this.stateOf(model, i, now));
+      const verdict = decide(states, { password: p.password, ip: p.ip, now, logout: p.logout }, this.policy);
+      for (const [k, s] of verdict.changes) draft.set(lines[k] as number, s);
+      return this.outcome(verdict);
+    });
+    return { model, draft, outcomes };
   }
 
-  /** The temp file for this write: the prepared one if it holds `base`, else a new one. */
-  private async tempFor(base: Buffer, stats: Stats): Promise<TempFile> {
-    const prepared = await this.prepared;
-    this.prepared = undefined;
-    if (prepared?.holds(base)) return prepared;
-    prepared?.discard();
-    return TempFile.create(this.path, stats);
-  }
-
+  /**
+   * One group commit: take the lock (or keep it), re-read the file after
+   * taking it, decide the batch, answer refusals, write the changes once,
+   * then grant. Never throws: every login of the batch gets an answer.
+   */
   private async commit(): Promise<void> {
-    let batch: Pending[] | undefined;
+    let pending: Pending[] = [];
+    let answers: [Pending, Outcome][] = [];
     let keepLock = false;
-    const outcomes: Outcome[] = [];
     const t0 = performance.now();
     try {
       if (this.held === undefined) {
         const lock = await lockUsersFile(this.path, this.lockTimeoutMs);
         this.held = { lock, since: performance.now() };
+        // Nobody who respects the lock can change the file while we keep it:
+        // one re-read per acquisition, and a check of the file's identity
+        // just before each rename for those who do not (see write()).
         await this.refresh();
       }
       const t1 = performance.now();
-      const stats = statSync(this.path);
-      const tRead = performance.now();
-      batch = await this.takeBatch();
-      const t2 = performance.now();
-      if (batch.length === 0) {
-        this.lastCommit = { size: 0, leftWaiting: 0, ms: 0, endedAt: t2 };
+      pending = await this.takeBatch();
+      if (pending.length === 0) {
+        this.lastCommit = { size: 0, leftWaiting: 0, ms: 0, endedAt: performance.now() };
         return;
       }
-      const model = this.model;
-      const now = this.clock();
-      const draft = new Map<number, TokenState>();
-      for (const p of batch) {
-        const lines = model.index.get(p.login);
-        if (lines === undefined || model.refused.has(p.login)) {
-          outcomes.push({ granted: false, reason: 'unknown_user' });
+      const size = pending.length;
+      const t2 = performance.now();
+      for (let attempt = 1; pending.length > 0; attempt++) {
+        const { model, draft, outcomes } = this.decideBatch(pending);
+        // A refusal depends on nothing durable: answer it now, so it takes no
+        // longer than an unknown login's. (Its failure count is written below.)
+        // A grant, and a logout, count once their change is on disk.
+        const later: [Pending, Outcome][] = [];
+        pending.forEach((p, k) => {
+          const o = outcomes[k] as Outcome;
+          if (o.granted || o.reason === 'logout') later.push([p, o]);
+          else p.resolve(o);
+        });
+        pending = later.map(([p]) => p);
+        try {
+          await this.write(model, draft, { batch: size, lockMs: t1 - t0, waitMs: t2 - t1 });
+        } catch (err) {
+          if (!(err instanceof ChangedMeanwhile) || attempt >= MAX_ATTEMPTS) throw err;
+          this.log.warn({ event: 'users_file_changed', file: this.path }, `${this.path}: changed without the lock during a write; deciding again`);
+          await this.refresh();
           continue;
         }
-        const states = lines.map((i) => draft.get(i) ?? this.stateOf(model, i, now));
-        const verdict = decide(states, { password: p.password, ip: p.ip, now, logout: p.logout }, this.policy);
-        for (const [k, s] of verdict.changes) draft.set(lines[k] as number, s);
-        outcomes.push(this.outcome(verdict));
-      }
-      const lineChanges = new Map<number, LineState>();
-      for (const [i, s] of draft) {
-        const change = this.fileChange(this.tokenAt(model, i), s);
-        if (change) lineChanges.set(i, change);
-      }
-      if (lineChanges.size > 0) {
-        const next = withChangedLines(model, lineChanges, this.spare);
-        const t3 = performance.now();
-        await (await this.tempFor(model.bytes, stats)).replace(next.bytes);
-        this.model = next;
-        // Nothing refers to the old content any more: the next write fills it.
-        this.spare = model.bytes.length >= 65536 && model.bytes.byteOffset === 0 ? Buffer.from(model.bytes.buffer) : undefined;
-        this.known = identityOf(statSync(this.path));
-        const ms = (a: number, b: number): number => Math.round((b - a) * 10) / 10;
-        this.log.debug({
-          event: 'users_file_write', lines: lineChanges.size, batch: batch.length, lockMs: ms(t0, t1), statMs: ms(t1, tRead),
-          waitMs: ms(tRead, t2), decideMs: ms(t2, t3), writeMs: ms(t3, performance.now()),
-        }, 'users file written');
-      }
-      // Memory follows the file: only now, with the change durable, is it visible to other requests.
-      for (const [i, s] of draft) {
-        const t = this.tokenAt(model, i);
-        this.memory.set(tokenKey(t), this.memoryOf(t, s));
+        answers = later;
+        pending = [];
       }
       const endedAt = performance.now();
-      this.lastCommit = { size: batch.length, leftWaiting: this.queue.length, ms: endedAt - t2, endedAt };
-      keepLock = batch.length >= 2 && endedAt - this.held.since < HOLD_MS;
+      this.lastCommit = { size, leftWaiting: this.queue.length, ms: endedAt - t2, endedAt };
+      keepLock = size >= 2 && endedAt - this.held.since < HOLD_MS;
       // While its clients come back, write the next temp file's bulk (the disk is idle then).
-      if (keepLock) this.prepared = TempFile.prepared(this.path, this.model.bytes, stats).catch(() => undefined);
+      if (keepLock && this.prepared === undefined) {
+        this.prepared = TempFile.prepared(this.path, this.model.bytes, statSync(this.path)).catch(() => undefined);
+      }
     } catch (err) {
       this.log.error({ event: 'users_file_write_failed', file: this.path, err: (err as Error).message },
         `${this.path}: could not record logins: ${(err as Error).message}`);
-      batch ??= this.queue.splice(0);
-      for (const p of batch) p.resolve({ granted: false, reason: 'unknown_user', unavailable: true });
-      return;
+      if (pending.length === 0) pending = this.queue.splice(0);
+      for (const p of pending) p.resolve({ granted: false, reason: 'unknown_user', unavailable: true });
     } finally {
       if (!keepLock) await this.releaseLock();
     }
-    batch.forEach((p, k) => p.resolve(outcomes[k] as Outcome));
+    // After the unlock: whoever waits for the lock (the admin CLI) gets it first.
+    for (const [p, o] of answers) p.resolve(o);
+  }
+
+  /** Write the draft's file changes (if any) durably, then make draft and file the state everyone sees. */
+  private async write(model: UsersFileModel, draft: ReadonlyMap<number, TokenState>, timing: Record<string, number>): Promise<void> {
+    const lineChanges = new Map<number, LineState>();
+    for (const [i, s] of draft) {
+      const change = this.fileChange(this.tokenAt(model, i), s);
+      if (change) lineChanges.set(i, change);
+    }
+    if (lineChanges.size > 0) {
+      const next = withChangedLines(model, lineChanges, this.spare);
+      const started = performance.now();
+      const temp = await this.tempFor(model.bytes);
+      // Someone who ignores the lock replaced or edited the file since we read it: do not overwrite that.
+      const after = await temp.replace(next.bytes, () => sameIdentity(this.known, identityOf(statSync(this.path))));
+      if (after === undefined) throw new ChangedMeanwhile();
+      this.known = identityOf(after);
+      this.model = next;
+      // Nothing refers to the old content any more: the next write fills it.
+      this.spare = model.bytes.length >= 65536 && model.bytes.byteOffset === 0 ? Buffer.from(model.bytes.buffer) : undefined;
+      const ms = (n: number): number => Math.round(n * 10) / 10;
+      this.log.debug({
+        event: 'users_file_write', lines: lineChanges.size, batch: timing.batch, lockMs: ms(timing.lockMs ?? 0),
+        waitMs: ms(timing.waitMs ?? 0), writeMs: ms(performance.now() - started),
+      }, 'users file written');
+    }
+    // Memory follows the file: only now, with the change durable, is it visible to other requests.
+    for (const [i, s] of draft) {
+      const t = this.tokenAt(model, i);
+      this.memory.set(tokenKey(t), this.memoryOf(t, s));
+    }
+  }
+
+  /** The temp file for this write: the prepared one if it holds `base`, else a new one. */
+  private async tempFor(base: Buffer): Promise<TempFile> {
+    const prepared = await this.prepared;
+    this.prepared = undefined;
+    if (prepared?.holds(base)) return prepared;
+    prepared?.discard();
+    return TempFile.create(this.path, statSync(this.path));
+  }
+
+  private async releaseLock(): Promise<void> {
+    const prepared = this.prepared;
+    this.prepared = undefined;
+    try {
+      // The temp file is the lock holder's: delete it before letting go.
+      (await prepared)?.discard();
+    } catch (err) {
+      this.log.warn({ event: 'users_file_temp', file: this.path, err: (err as Error).message }, `${tempFileOf(this.path)}: ${(err as Error).message}`);
+    } finally {
+      this.held?.lock.release();
+      this.held = undefined;
+    }
   }
 }

@@ -241,11 +241,6 @@ export interface UsersFileModel {
   readonly tokenCount: number;
 }
 
-export const lineCount = (model: UsersFileModel): number => model.starts.length - 1;
-
-export const lineBytes = (model: UsersFileModel, i: number): Buffer =>
-  model.bytes.subarray(model.starts[i], model.starts[i + 1]);
-
 function lineStarts(bytes: Buffer): Float64Array {
   const starts: number[] = [0];
   let start = 0;
@@ -372,7 +367,8 @@ export function withChangedLines(model: UsersFileModel, changes: ReadonlyMap<num
     if (entry?.kind !== 'token') throw new Error(`line ${i + 1} is not a token line`);
     const text = formatLine(entry.token, changes.get(i) as LineState);
     const reparsed = parseLine(text, i + 1);
-    if (reparsed.kind !== 'token') throw new Error(`line ${i + 1} would not parse back: ${text}`);
+    // (The line holds a PIN and a key: the message must not.)
+    if (reparsed.kind !== 'token') throw new Error(`line ${i + 1} would not parse back after the change`);
     parsed[i] = reparsed;
     const from = model.starts[i] as number;
     const to = model.starts[i + 1] as number;

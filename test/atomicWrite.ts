@@ -1,7 +1,11 @@
 import t from 'tap';
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { changedRanges, replaceFile, syncDirectory, TempFile, tempFileOf } from '../src/atomicWrite.js';
+import type { Stats } from 'node:fs';
+import { changedRanges, syncDirectory, TempFile, tempFileOf } from '../src/atomicWrite.js';
+
+const replaceFile = (file: string, bytes: Buffer, original: Stats): Promise<Stats | undefined> =>
+  TempFile.create(file, original).replace(bytes);
 import { tempDir, writeFile600 } from './lib/harness.js';
 
 t.test('replaces the file by rename, keeping mode, leaving no temp file', async (t) => {
@@ -45,6 +49,17 @@ t.test('a failed write leaves the original and no temp file', async (t) => {
   t.equal(readFileSync(file, 'utf8'), 'keep');
   await syncDirectory(dir);
   t.pass('a directory can be fsynced');
+});
+
+t.test('a veto just before the rename leaves the file alone and deletes the temp file', async (t) => {
+  const dir = tempDir(t);
+  const file = writeFile600(join(dir, 'users'), 'theirs');
+  const result = await TempFile.create(file, statSync(file)).replace(Buffer.from('ours'), () => false);
+  t.equal(result, undefined);
+  t.equal(readFileSync(file, 'utf8'), 'theirs');
+  t.notOk(existsSync(tempFileOf(file)));
+  const after = await TempFile.create(file, statSync(file)).replace(Buffer.from('ours'), () => true);
+  t.equal(after?.ino, statSync(file).ino, 'the stats of the renamed file');
 });
 
 t.test('changedRanges: the pages that differ, and the moved tail', async (t) => {

@@ -151,7 +151,7 @@ t.test('demo: prints how to log in, a real login works, Ctrl-C exits cleanly', a
   let out = '';
   child.stdout?.on('data', (c: Buffer) => { out += c.toString(); });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  for (let i = 0; i < 300 && !/current code/.test(out); i++) await new Promise((r) => setTimeout(r, 20));
+  for (let i = 0; i < 300 && !/-> password \d+/.test(out); i++) await new Promise((r) => setTimeout(r, 20));
   const url = /Open\s+(http:\/\/127\.0\.0\.1:(\d+)\/)/.exec(out);
   const password = /-> password (\d+)/.exec(out);
   const secret = /otpauth:\/\/totp\/[^\s]*secret=([A-Z2-7]+)/.exec(out);

@@ -163,8 +163,11 @@ t.test('logout path: ends the linger the credentials ride, consumes no fresh cod
   const v = decide([used], at(`1${rfcTotp(KEY, NOW - 100)}`, { logout: true }), policy);
   t.match(v, { granted: false, reason: 'logout' });
   const out = changed(v);
-  t.equal(out.lastOtp, undefined);
+  t.match(out, { lastOtp: rfcTotp(KEY, NOW - 100), lastTime: NOW - 100, lastIp: undefined },
+    'a time token keeps its last OTP and time (the used step survives a restart), not the IP');
   t.equal(out.usedStep, Math.floor((NOW - 100) / 30), 'the used step is remembered');
+  t.match(decide([{ ...out, usedStep: undefined, retiredOtp: undefined }], at(`1${rfcTotp(KEY, NOW - 100)}`, { now: NOW + 5 }), policy),
+    { granted: false }, 'from the file alone (a restart), the logged-out code is refused');
   const fresh = decide([used], at(`1${rfcTotp(KEY, NOW)}`, { logout: true }), policy);
   t.match(fresh, { granted: false, reason: 'logout' });
   t.equal(fresh.changes.size, 0, 'a fresh code is not consumed by a logout');

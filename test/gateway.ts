@@ -379,6 +379,21 @@ t.test('header hygiene', async (t) => {
   });
 });
 
+t.test('a chunked body on a GET stays a body: no request smuggled past the identity check', async (t) => {
+  const gw = await gateway(t);
+  const inner = head('GET /admin/delete-all HTTP/1.1', 'Host: x', 'Remote-User: root', 'Content-Length: 0');
+  const body = `${Buffer.byteLength(inner).toString(16)}\r\n${inner}\r\n0\r\n\r\n`;
+  const r = await raw(gw.port, head('GET / HTTP/1.1', 'Host: gw', `Authorization: ${basic('alice', alicePw(0))}`,
+    'Transfer-Encoding: chunked', 'Connection: close') + body);
+  t.equal(r.status, 200);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  t.equal(gw.backend.seen.length, 1, 'the backend saw one request');
+  const seen = gw.backend.seen[0] as Seen;
+  t.equal(seen.url, '/');
+  t.equal(seen.headers['remote-user'], 'alice');
+  t.equal(seen.body.toString('latin1'), inner, 'the smuggling attempt arrived as that request\'s body');
+});
+
 t.test('proxying leaves requests and answers untouched', async (t) => {
   let streamFinished = false;
   let release: () => void = () => undefined;
@@ -553,6 +568,53 @@ t.test('a failing upstream', async (t) => {
     t.ok(gw.logs.lines.some((l) => l.event === 'upstream_timeout'), 'logged');
     const after = await request(gw.port, { auth: ['alice', alicePw(0)] });
     t.equal(after.status, 200, 'the gateway keeps serving');
+  });
+
+  t.test('upstreamTimeout counts silence, not length: a slow upload is not cut, a silent backend is, once', async (t) => {
+    const gw = await gateway(t, {
+      config: { upstreamTimeout: 1 },
+      backend: (req, res, body) => {
+        if (req.url === '/hang') return; // reads the body, never answers
+        res.end(String(body.length));
+      },
+    });
+    const auth = { Authorization: basic('alice', alicePw(0)) };
+    const chunks = Array.from({ length: 12 }, () => Buffer.alloc(1000, 'u'));
+    const started = Date.now();
+    const slow = await new Promise<Reply>((resolve, reject) => {
+      const req = httpRequest({ host: '127.0.0.1', port: gw.port, method: 'POST', path: '/upload', headers: auth, agent: false }, (res) => {
+        const got: Buffer[] = [];
+        res.on('data', (c: Buffer) => got.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(got), text: Buffer.concat(got).toString() }));
+      });
+      req.on('error', reject);
+      void (async () => {
+        for (const c of chunks) {
+          req.write(c);
+          await new Promise((r) => setTimeout(r, 200)); // 2.4 s in all, twice the timeout
+        }
+        req.end();
+      })();
+    });
+    t.equal(slow.status, 200, `an upload flowing for ${Date.now() - started} ms went through`);
+    t.equal(slow.text, '12000');
+    // The same (now reused) backend connection, silent: 504 after one timeout, not two.
+    const hangStart = Date.now();
+    const hung = await request(gw.port, { path: '/hang', headers: auth });
+    const waited = Date.now() - hangStart;
+    t.equal(hung.status, 504);
+    t.ok(waited < 1800, `504 after ${waited} ms, about upstreamTimeout`);
+  });
+
+  t.test('a backend status Node cannot send (000): 502, and the gateway keeps serving', async (t) => {
+    const broken = createNetServer((socket) => {
+      socket.once('data', () => socket.end('HTTP/1.1 000 Nothing\r\nContent-Length: 0\r\n\r\n'));
+    });
+    await new Promise<void>((r) => broken.listen(0, '127.0.0.1', r));
+    t.teardown(() => new Promise<void>((r) => broken.close(() => r())));
+    const gw = await gateway(t, { upstream: `http://127.0.0.1:${(broken.address() as AddressInfo).port}` });
+    t.equal((await request(gw.port, { auth: ['alice', alicePw(0)] })).status, 502);
+    t.equal((await request(gw.port, { path: '/otpgate/health' })).status, 200, 'still serving');
   });
 
   t.test('a backend that drops the connection mid-answer: the client connection closes too', async (t) => {

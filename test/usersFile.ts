@@ -1,6 +1,6 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readdirSync, readFileSync, readlinkSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Policy } from '../src/decision.js';
 import { UsersFile, UsersFileError, permissionProblem, type Outcome } from '../src/usersFile.js';
@@ -88,8 +88,10 @@ t.test('failures are counted exactly under concurrency, in the file where the la
   const { users, path } = setup(t, `HOTP carol 1 ${KEY} 0 0\nHOTP dave 1 ${KEY} 0\n`, { policy: { ...policy, maxFailures: 0 } });
   const wrong = await Promise.all(Array.from({ length: 40 }, () => users.authenticate('carol', '1000000', '10.0.0.1')));
   t.ok(wrong.every((o) => !o.granted && o.reason === 'bad_otp' && o.counted));
+  await users.reload(); // refusals are answered before their count is written: wait for the write
   t.same(fieldsOf(path, 'carol').slice(4), ['0', '40'], 'mod_authn_otp layout: 6 fields, failure count exact');
   await Promise.all(Array.from({ length: 7 }, () => users.authenticate('dave', '1000000', '10.0.0.1')));
+  await users.reload();
   t.same(fieldsOf(path, 'dave'), ['HOTP', 'dave', '1', KEY, '0'], 'pam_oath layout has no failure field: the file is left alone');
   t.match(await users.authenticate('carol', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true });
   t.equal(fieldsOf(path, 'carol')[5], '0', 'success resets the count');
@@ -217,4 +219,71 @@ t.test('reload() picks up the file now and setPolicy() changes the rules', async
   users.setPolicy({ ...policy, maxOffset: 0 });
   const far: Outcome = await users.authenticate('tom', `1${rfcHotp(KEY, 1)}`, '10.0.0.1');
   t.match(far, { granted: false }, 'maxOffset 0: only the expected counter');
+});
+
+t.test('consecutive commits that keep the lock leave at most one temp file open', async (t) => {
+  const text = Array.from({ length: 10 }, (_, i) => `HOTP v${i} - ${KEY} 0\n`).join('');
+  const { users, path } = setup(t, text, { policy: { ...policy, maxFailures: 0 } });
+  const openTemps = (): number => readdirSync('/proc/self/fd')
+    .filter((fd) => { try { return readlinkSync(`/proc/self/fd/${fd}`).includes('.new'); } catch { return false; } }).length;
+  const counters = new Array<number>(10).fill(0);
+  let most = 0;
+  // Every fifth attempt a good code (a write), the rest wrong codes on lines without a failure field (no write).
+  await Promise.all(counters.map(async (_, i) => {
+    for (let k = 0; k < 40; k++) {
+      const good = k % 5 === 0;
+      const o = await users.authenticate(`v${i}`, good ? rfcHotp(KEY, counters[i] as number) : '999999', '10.0.0.1');
+      if (o.granted) counters[i] = (counters[i] as number) + 1;
+      most = Math.max(most, openTemps());
+    }
+  }));
+  t.ok(most <= 1, `at most one temp file open at a time (saw ${most})`);
+  await users.close();
+  t.equal(openTemps(), 0, 'none after close');
+  t.notOk(existsSync(`${path}.new`));
+  t.notOk(existsSync(`${path}.lock`));
+});
+
+t.test('an edit by someone who ignores the lock, in the middle of a storm of logins, is kept', async (t) => {
+  const n = 20;
+  const { users, path } = setup(t, Array.from({ length: n }, (_, i) => `HOTP w${i} - ${KEY} 0\n`).join(''), { pollMs: 100 });
+  const counters = new Array<number>(n).fill(0);
+  let stop = false;
+  const storm = counters.map(async (_, i) => {
+    while (!stop) {
+      const o = await users.authenticate(`w${i}`, rfcHotp(KEY, counters[i] as number), '10.0.0.1');
+      if (o.granted) counters[i] = (counters[i] as number) + 1;
+    }
+  });
+  await new Promise((r) => setTimeout(r, 200));
+  writeFile600(`${path}.admin`, `${readFileSync(path, 'utf8')}HOTP newbie - ${KEY} 0\n`);
+  renameSync(`${path}.admin`, path); // an editor that writes a new file and renames it, without the lock
+  await new Promise((r) => setTimeout(r, 500));
+  stop = true;
+  await Promise.all(storm);
+  t.ok(counters.every((c) => c > 0), 'logins went on');
+  t.match(readFileSync(path, 'utf8'), /^HOTP newbie - /m, 'the added line survived every write after it');
+  t.match(await users.authenticate('newbie', rfcHotp(KEY, 0), '10.0.0.1'), { granted: true });
+});
+
+t.test('close() answers the logins still queued, then returns', async (t) => {
+  const { users } = setup(t, `HOTP xena 1 ${KEY} 0\n`);
+  const pending = users.authenticate('xena', `1${rfcHotp(KEY, 0)}`, '10.0.0.1');
+  await users.close();
+  t.match(await pending, { granted: true, reason: 'ok' });
+});
+
+t.test('a logged-out time-token code is not accepted again after a restart', async (t) => {
+  const now = 1_700_000_010;
+  const code = rfcTotp(KEY, now);
+  const { users, path, clock } = setup(t, `HOTP/T30 yuri 1 ${KEY} 0 0 123456 2023-01-01T00:00:00L 10.0.0.1\n`);
+  clock.now = now;
+  t.match(await users.authenticate('yuri', `1${code}`, '10.0.0.1'), { granted: true, reason: 'ok' });
+  t.match(await users.authenticate('yuri', '', '10.0.0.1'), { reason: 'logout' });
+  t.same(fieldsOf(path, 'yuri').slice(5, 6), [code], 'the used code stays in the file, without an IP');
+  const { log } = memoryLogger();
+  const restarted = new UsersFile({ path, policy, log, clock: () => now + 20, pollMs: 0 });
+  t.teardown(() => restarted.close());
+  t.match(await restarted.authenticate('yuri', `1${code}`, '10.9.9.9'), { granted: false });
+  t.match(await restarted.authenticate('yuri', `1${rfcTotp(KEY, now + 30)}`, '10.9.9.9'), { granted: true }, 'the next step logs in');
 });

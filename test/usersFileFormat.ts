@@ -1,9 +1,13 @@
 import t from 'tap';
 import {
   formatLine, layoutStoresFailures, lineState, pamOathReadable, parseLine, parseTokenType, parseUsersFile,
-  lineBytes, lineCount, withChangedLines, writtenFieldCount, type LineState, type TokenLine,
+  withChangedLines, writtenFieldCount, type LineState, type TokenLine,
 } from '../src/usersFileFormat.js';
 import { parseLocalTime } from '../src/localTime.js';
+import type { UsersFileModel } from '../src/usersFileFormat.js';
+
+const lineCount = (model: UsersFileModel): number => model.starts.length - 1;
+const lineBytes = (model: UsersFileModel, i: number): Buffer => model.bytes.subarray(model.starts[i], model.starts[i + 1]);
 
 const KEY = '8a2d55707a9084982649dadc04b426a06df19ab2';
 
