@@ -3,6 +3,7 @@
 // anything. Rows:
 //   (a) the backend (nginx) direct
 //   (b) the yardstick: a minimal Node pass-through proxy without authentication
+//   (b') for reference: the same proxy sending with undici, as otpgate does
 //   (c) otpgate, a lingering login (the same valid Authorization on every request)
 //   (d) otpgate, fresh logins: a new valid code on every request, one client per user
 // each for a users file of 10 users and one of 100,000 (the users who log in are
@@ -50,6 +51,12 @@ const profileArgs = (name) => (PROFILE ? ['--cpu-prof', '--cpu-prof-dir', PROFIL
 function startYardstick(backendPort) {
   const script = fileURLToPath(new URL('./yardstick-proxy.mjs', import.meta.url));
   return startNodeServer('yardstick proxy', script, [String(backendPort)], profileArgs('yardstick'));
+}
+
+/** Row (b'): the yardstick on undici, for reference (not a target). */
+function startUndiciYardstick(backendPort) {
+  const script = fileURLToPath(new URL('./yardstick-undici.mjs', import.meta.url));
+  return startNodeServer('undici yardstick proxy', script, [String(backendPort)], profileArgs('yardstick-undici'));
 }
 
 /** A users file of `total` users in its own temp dir; `copyOf` copies another one instead. */
@@ -104,6 +111,7 @@ async function lingeringPhase(ctx, files) {
   const targets = [
     { key: 'a', url: `http://127.0.0.1:${ctx.backend.port}/` },
     { key: 'b', url: ctx.yardstick.url },
+    { key: "b'", url: ctx.undiciYardstick.url },
     ...gateways.map((g) => ({ key: g.name, url: g.gateway.url, headers: [`Authorization: ${g.authorization}`] })),
   ];
   const results = await measureInterleaved(ctx.wrk, targets, { seconds: SECONDS, warmSeconds: WARM_SECONDS, rounds: ROUNDS, log });
@@ -111,6 +119,7 @@ async function lingeringPhase(ctx, files) {
   const rows = [
     { id: 'a', label: `backend direct (${ctx.backend.kind})`, load, ...results.get('a') },
     { id: 'b', label: 'yardstick: minimal Node proxy, no auth', load, ...results.get('b') },
+    { id: "b'", label: 'reference: the same proxy on undici', load, ...results.get("b'") },
   ];
   const profiles = {};
   for (const g of gateways) {
@@ -189,7 +198,8 @@ async function main() {
   if (PROFILE) mkdirSync(PROFILE_DIR, { recursive: true });
   const backend = await startBackend(log);
   const yardstick = await startYardstick(backend.port);
-  const ctx = { wrk: wrk.path, backend, yardstick };
+  const undiciYardstick = await startUndiciYardstick(backend.port);
+  const ctx = { wrk: wrk.path, backend, yardstick, undiciYardstick };
 
   const small = prepareUsersFile(SMALL);
   const large = prepareUsersFile(LARGE);
@@ -200,10 +210,11 @@ async function main() {
   const freshLarge = await freshLoginRow(ctx, files.large);
 
   await stopChild(yardstick.child);
+  await stopChild(undiciYardstick.child);
   await stopChild(backend.child, 'SIGQUIT'); // nginx: graceful shutdown
   const yardstickProfile = profileSummaryOf('yardstick', lingering.rows[1].servedRequests);
-  const [a, b, cSmall, cLarge, cLargeInfo] = lingering.rows;
-  const rows = [a, b, cSmall, freshSmall.row, cLarge, freshLarge.row, cLargeInfo];
+  const [a, b, bUndici, cSmall, cLarge, cLargeInfo] = lingering.rows;
+  const rows = [a, b, bUndici, cSmall, freshSmall.row, cLarge, freshLarge.row, cLargeInfo];
   const report = printReport({
     rows, backend, profiling: PROFILE, seconds: SECONDS, rounds: ROUNDS, warmSeconds: WARM_SECONDS,
     machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, node: process.version },
@@ -212,6 +223,7 @@ async function main() {
     ? {
       ...lingering.profiles, [`fresh-${SMALL}`]: freshSmall.profile, [`fresh-${LARGE}`]: freshLarge.profile,
       yardstick: yardstickProfile,
+      'yardstick-undici': profileSummaryOf('yardstick-undici', bUndici.servedRequests),
     }
     : undefined;
   mkdirSync(RESULTS_DIR, { recursive: true });

@@ -1,15 +1,16 @@
 // The HTTP side: every request goes through a short pipeline of named steps,
 // refuseMalformed -> ownEndpoints -> authenticate -> forward, and only a request
 // that passed all of them reaches the backend.
-import { Agent as HttpAgent, createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { Agent as HttpsAgent, createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { readFileSync } from 'node:fs';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { parseBasicAuth } from './basicAuth.js';
 import type { Config } from './config.js';
-import { Deadlines, forward, UpstreamTimeout, type Upstream } from './forward.js';
+import type { Pool } from 'undici';
+import { forward, upstreamPool, UpstreamTimeout, type Upstream } from './forward.js';
 import { clientAddress, isTrusted, normalizedHeaderName, plainAddress, upstreamHeaders } from './headers.js';
 import { badGateway, badRequest, challenge, gatewayTimeout, json, rawStatus, unavailable } from './responses.js';
 import type { Outcome, UsersFile } from './usersFile.js';
@@ -53,17 +54,11 @@ export class Gateway {
   readonly server: Server | HttpsServer;
   private live: Live;
   private readonly log: Logger;
-  // Keep-alive pools to the backend, one per scheme (a reload may switch it).
-  private readonly agents = {
-    'http:': new HttpAgent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64 }),
-    'https:': new HttpsAgent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64 }),
-  };
-  private readonly deadlines: Deadlines;
+  // Keep-alive pools to the backend, one per origin (a reload may switch it).
+  private readonly pools = new Map<string, Pool>();
 
   constructor(config: Config, users: UsersFile, log: Logger) {
     this.log = log;
-    // Checked often enough for a 504 to come within 5% of upstreamTimeout.
-    this.deadlines = new Deadlines(Math.min(1000, Math.max(20, config.upstreamTimeout * 50)));
     this.live = this.liveFor(config, users);
     const timeouts = {
       headersTimeout: config.headersTimeout * 1000,
@@ -109,11 +104,18 @@ export class Gateway {
     return {
       config, users, identity: normalizedHeaderName(config.identityHeader),
       upstream: {
-        url: config.upstream, hostname: config.upstream.hostname.replace(/^\[(.*)\]$/, '$1'),
-        agent: config.upstream.protocol === 'https:' ? this.agents['https:'] : this.agents['http:'],
-        timeoutMs: config.upstreamTimeout * 1000, deadlines: this.deadlines,
+        url: config.upstream, pool: this.poolFor(config.upstream), timeoutMs: config.upstreamTimeout * 1000,
       },
     };
+  }
+
+  private poolFor(url: URL): Pool {
+    let pool = this.pools.get(url.origin);
+    if (pool === undefined) {
+      pool = upstreamPool(url);
+      this.pools.set(url.origin, pool);
+    }
+    return pool;
   }
 
   async close(): Promise<void> {
@@ -122,7 +124,7 @@ export class Gateway {
       this.server.closeIdleConnections();
       setTimeout(() => this.server.closeAllConnections(), 2000).unref();
     });
-    for (const agent of Object.values(this.agents)) agent.destroy();
+    await Promise.all([...this.pools.values()].map((pool) => pool.destroy()));
   }
 
   private handle(req: IncomingMessage, res: ServerResponse): void {

@@ -61,10 +61,9 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, ctx: ForwardConte
     if (FORWARDING.has(norm)) continue;
     out[name] = value;
   }
-  // The client's framing is gone with its hop-by-hop headers: a body sent chunked
-  // must go on chunked, or it would reach the backend raw, where it could be read
-  // as a second request (smuggled, with any identity header it likes).
-  if (incoming['transfer-encoding'] !== undefined) out['transfer-encoding'] = 'chunked';
+  // The client's framing goes with its hop-by-hop headers: the forwarder frames
+  // the body anew (chunked when it has no Content-Length), so it can never reach
+  // the backend raw and be read as a second, smuggled request.
   if (ctx.login !== undefined) {
     // Node writes header values as latin1: pass the login's UTF-8 bytes through unchanged.
     out[ctx.identityHeader] = PRINTABLE_ASCII.test(ctx.login) ? ctx.login : Buffer.from(ctx.login, 'utf8').toString('latin1');

@@ -606,6 +606,39 @@ t.test('a failing upstream', async (t) => {
     t.ok(waited < 1800, `504 after ${waited} ms, about upstreamTimeout`);
   });
 
+  t.test('a kept-alive backend connection closed as it is reused: a GET goes again, a POST is not repeated', async (t) => {
+    // Every backend connection answers its first request and closes on the second,
+    // like a backend whose keep-alive timeout ran out just as the gateway reused it.
+    const seen: string[] = [];
+    const closing = createNetServer((socket) => {
+      let requests = 0;
+      socket.on('data', (chunk: Buffer) => {
+        const line = chunk.toString('latin1').split('\r\n')[0] ?? '';
+        if (!/^[A-Z]+ \//.test(line)) return; // a body chunk
+        seen.push(line);
+        if (++requests === 1) socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+        else socket.destroy();
+      });
+    });
+    await new Promise<void>((r) => closing.listen(0, '127.0.0.1', r));
+    t.teardown(() => new Promise<void>((r) => closing.close(() => r())));
+    const gw = await gateway(t, { upstream: `http://127.0.0.1:${(closing.address() as AddressInfo).port}` });
+    const auth: [string, string] = ['alice', alicePw(0)];
+    // Which pooled connection a request gets is the pool's choice: enough requests
+    // that some land on a used one (every other one, as undici's pool picks).
+    for (let i = 0; i < 6; i++) {
+      t.equal((await request(gw.port, { path: `/get${i}`, auth })).status, 200, `GET ${i}: answered`);
+    }
+    const gets = seen.filter((l) => l.startsWith('GET '));
+    t.ok(gets.length > 6, `some GETs went again on a new connection (${gets.length} sent for 6)`);
+    for (let i = 0; i < 6; i++) t.ok(gets.filter((l) => l.startsWith(`GET /get${i} `)).length <= 2, `GET ${i}: at most one retry`);
+    const statuses: number[] = [];
+    for (let i = 0; i < 6; i++) statuses.push((await request(gw.port, { method: 'POST', path: `/post${i}`, auth, body: 'x=1' })).status);
+    t.ok(statuses.includes(502), `a POST on a used connection: 502 (${statuses.join(' ')})`);
+    t.ok(statuses.every((s) => s === 200 || s === 502), 'answered or 502, nothing else');
+    for (let i = 0; i < 6; i++) t.equal(seen.filter((l) => l.startsWith(`POST /post${i} `)).length, 1, `POST ${i}: sent once`);
+  });
+
   t.test('a backend status Node cannot send (000): 502, and the gateway keeps serving', async (t) => {
     const broken = createNetServer((socket) => {
       socket.once('data', () => socket.end('HTTP/1.1 000 Nothing\r\nContent-Length: 0\r\n\r\n'));

@@ -101,6 +101,7 @@ function printCounterChecks(rows) {
 export function printReport({ rows, backend, profiling, seconds, rounds, warmSeconds, machine }) {
   addRatios(rows);
   const targets = judgeTargets(rows);
+  const bUndici = rows.find((r) => r.id === "b'");
   console.log('');
   console.log(`otpgate benchmark — ${new Date().toISOString()}, ${machine.cpus} CPUs (${machine.cpuModel}), Node ${machine.node}`);
   console.log(`backend: ${backend.description}`);
@@ -122,6 +123,10 @@ export function printReport({ rows, backend, profiling, seconds, rounds, warmSec
   console.log('');
   console.log('targets:');
   for (const t of targets) console.log(`  ${t.holds ? 'HOLDS ' : 'FAILS '} ${t.name}: ${t.value}`);
+  if (bUndici) {
+    const ratios = rows.filter((r) => r.id === 'c').map((c) => `${num(c.rps / bUndici.rps, 2)}x (${num(c.users)} users, ${c.logLevel})`);
+    console.log(`  (not a target) lingering vs the same proxy on undici (b'): ${ratios.join('; ')}`);
+  }
   console.log('');
   console.log('for scale, Apache + mod_authn_otp on this kind of machine:');
   console.log(`  ${REFERENCE.freshPerSecond.value} ${REFERENCE.freshPerSecond.note}`);
