@@ -33,6 +33,8 @@ const schema = z.strictObject({
   // additions to the contract
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   allowInsecurePermissions: z.boolean().default(false),
+  allowSymlinkedUsersFile: z.boolean().default(false),
+  allowUnsafeUsersFileDirectory: z.boolean().default(false),
   headersTimeout: seconds(1).default(20),
   requestTimeout: seconds(0).default(300),
   keepAliveTimeout: seconds(0).default(5),

@@ -7,7 +7,7 @@ import { loadConfig, type Config } from './config.js';
 import type { Policy } from './decision.js';
 import { Gateway } from './gateway.js';
 import { createLogger, VERSION } from './logger.js';
-import { UsersFile, UsersFileError, permissionProblem } from './usersFile.js';
+import { UnsafeUsersFileError, UsersFile, UsersFileError, safetyProblems, type FileSafety } from './usersFile.js';
 import { parseUsersFile } from './usersFileFormat.js';
 
 /** A failure for people: one line on stderr, and the exit status it calls for. */
@@ -21,6 +21,13 @@ export function policyOf(config: Config): Policy {
   return {
     maxOffset: config.maxOffset, maxLinger: config.maxLinger, maxIdle: config.maxIdle,
     logoutOnIpChange: config.logoutOnIpChange, maxFailures: config.maxFailures, lockoutSeconds: config.lockoutSeconds,
+  };
+}
+
+export function safetyOf(config: Config): FileSafety {
+  return {
+    allowInsecurePermissions: config.allowInsecurePermissions, allowSymlinkedUsersFile: config.allowSymlinkedUsersFile,
+    allowUnsafeUsersFileDirectory: config.allowUnsafeUsersFileDirectory,
   };
 }
 
@@ -39,20 +46,16 @@ export function readConfig(file: string): Config {
   return result.config;
 }
 
-/** Open the users file as configured; refuses one that others can read or change. */
+/**
+ * Open the users file as configured; refuses one that others can read or
+ * change, a symbolic link, or one in a directory others can write to (exit 2,
+ * each reason one line naming its override).
+ */
 export function openUsersFile(config: Config, log: Logger, options: { clock?: () => number; pollMs?: number } = {}): UsersFile {
-  let mode: number;
   try {
-    mode = UsersFile.statOf(config.usersFile).mode;
+    return new UsersFile({ path: config.usersFile, policy: policyOf(config), safety: safetyOf(config), log, ...options });
   } catch (err) {
-    if (err instanceof UsersFileError) throw new CliError(err.message, 1);
-    throw err;
-  }
-  const problem = permissionProblem(config.usersFile, mode);
-  if (problem && !config.allowInsecurePermissions) throw new CliError(problem, 2);
-  try {
-    return new UsersFile({ path: config.usersFile, policy: policyOf(config), log, ...options });
-  } catch (err) {
+    if (err instanceof UnsafeUsersFileError) throw new CliError(err.message, 2);
     if (err instanceof UsersFileError) throw new CliError(err.message, 1);
     throw err;
   }
@@ -109,13 +112,17 @@ export async function start(config: Config, log: Logger, reread?: () => Config):
           nextUsers = openUsersFile(next, log);
           await nextUsers.removeStaleTemp();
         } else {
+          running.users.setSafety(safetyOf(next));
           await running.users.reload();
         }
         gateway.swap(next, nextUsers);
         nextUsers.setPolicy(policyOf(next));
       } catch (err) {
-        log.error({ event: 'reload_failed' }, `reload failed, keeping the running configuration: ${(err as Error).message}`);
+        for (const line of (err as Error).message.split('\n')) {
+          log.error({ event: 'reload_failed' }, `reload failed, keeping the running configuration: ${line}`);
+        }
         if (nextUsers !== running.users) await nextUsers.close();
+        else running.users.setSafety(safetyOf(current));
         return false;
       }
       if (nextUsers !== running.users) {
@@ -176,15 +183,18 @@ export function checkConfig(configFile: string): { ok: boolean; lines: string[] 
     }
   }
   let summary = '';
-  try {
-    const stats = UsersFile.statOf(config.usersFile);
-    const problem = permissionProblem(config.usersFile, stats.mode);
-    if (problem && !config.allowInsecurePermissions) problems.push(problem);
-    const model = parseUsersFile(readFileSync(config.usersFile));
-    for (const p of model.problems) problems.push(`${config.usersFile}:${p.line}: ${p.reason}`);
-    summary = `${model.index.size} users, ${model.tokenCount} tokens`;
-  } catch (err) {
-    problems.push((err as Error).message);
+  const unsafe = safetyProblems(config.usersFile, safetyOf(config));
+  for (const p of unsafe) problems.push(p.message);
+  // What a refused link points to is not read: it need not be a users file at all.
+  if (!unsafe.some((p) => p.kind === 'symlink')) {
+    try {
+      UsersFile.statOf(config.usersFile);
+      const model = parseUsersFile(readFileSync(config.usersFile));
+      for (const p of model.problems) problems.push(`${config.usersFile}:${p.line}: ${p.reason}`);
+      summary = `${model.index.size} users, ${model.tokenCount} tokens`;
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
   }
   return problems.length > 0 ? { ok: false, lines: problems } : { ok: true, lines: [`${configFile}: ok (${summary})`] };
 }

@@ -2,8 +2,9 @@
 // admins' edits, and group-committed durable writes under the shared lock.
 // Every state change is decided under the lock against the file as it is on
 // disk; no login is granted before its change is fsynced.
-import { closeSync, fstatSync, openSync, readFileSync, readSync, statSync, type Stats } from 'node:fs';
+import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, readlinkSync, readSync, statSync, type Stats } from 'node:fs';
 import { rm } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { TempFile, tempFileOf } from './atomicWrite.js';
 import { decide, decoyCheck, type Policy, type Reason, type TokenState, type Verdict } from './decision.js';
@@ -57,6 +58,8 @@ export interface UsersFileOptions {
   /** how often to look for edits by others */
   readonly pollMs?: number;
   readonly lockTimeoutMs?: number;
+  /** which unsafe ways of storing the file to accept; none unless given */
+  readonly safety?: FileSafety;
 }
 
 /** How long consecutive commits may keep the lock before letting others have it. */
@@ -92,10 +95,140 @@ export function permissionProblem(path: string, mode: number): string | undefine
     'chmod 600 it, or set allowInsecurePermissions: true';
 }
 
+/** The config keys that accept a users file stored in a way otpgate refuses by default. */
+export interface FileSafety {
+  readonly allowInsecurePermissions: boolean;
+  readonly allowSymlinkedUsersFile: boolean;
+  readonly allowUnsafeUsersFileDirectory: boolean;
+}
+
+export const STRICT: FileSafety = { allowInsecurePermissions: false, allowSymlinkedUsersFile: false, allowUnsafeUsersFileDirectory: false };
+
+export interface SafetyProblem {
+  readonly kind: 'symlink' | 'permissions' | 'directory';
+  /** one line for people, naming the file and the override */
+  readonly message: string;
+}
+
+function symlinkProblem(path: string): SafetyProblem {
+  let target = '';
+  try {
+    target = ` to ${readlinkSync(path)}`;
+  } catch { /* replaced meanwhile: the message still names the file */ }
+  // Every writer of the protocol (otpgate, mod_authn_otp, pam_oath) renames its
+  // temp file over the path: the first write would replace the link, and the
+  // file it points to would silently stop changing.
+  return {
+    kind: 'symlink',
+    message: `${path}: is a symbolic link${target}; point usersFile at the file itself, or set allowSymlinkedUsersFile: true`,
+  };
+}
+
+/**
+ * Directories from which others could swap the users file. In the file's own
+ * directory any write access for others counts, sticky bit (as on /tmp) or
+ * not: the sticky bit keeps our file, but anyone can still create the
+ * protocol's fixed names `<file>.lock` (and hold it forever) and `<file>.new`
+ * first. Above it, a world-writable directory without the sticky bit lets
+ * anyone rename the directory below it and put their own in its place.
+ */
+function directoryProblems(path: string): SafetyProblem[] {
+  const problems: SafetyProblem[] = [];
+  for (let dir = dirname(resolve(path)), own = true; ; own = false) {
+    let mode: number;
+    try {
+      mode = statSync(dir).mode;
+    } catch {
+      break; // unreadable or gone: opening the file tells why
+    }
+    if ((mode & 0o002) !== 0 && (own || (mode & 0o1000) === 0)) {
+      const risk = own && (mode & 0o1000) !== 0
+        ? `anyone can create ${path}.lock or ${path}.new before otpgate does`
+        : 'anyone can replace the users file';
+      problems.push({
+        kind: 'directory',
+        message: `${path}: directory ${dir} is writable by others (mode ${(mode & 0o7777).toString(8)}), so ${risk}; ` +
+          `chmod o-w ${dir}, or set allowUnsafeUsersFileDirectory: true`,
+      });
+    }
+    const parent = dirname(dir);
+    if (parent === dir) break;
+    dir = parent;
+  }
+  return problems;
+}
+
+/**
+ * Every reason not to use the users file at `path` as it is stored now, except
+ * those `safety` accepts; [] when none. `stats`: the opened file's, when it is
+ * open (the mode that counts is that of the bytes being read).
+ */
+export function safetyProblems(path: string, safety: FileSafety, stats?: Stats): SafetyProblem[] {
+  const problems: SafetyProblem[] = [];
+  if (!safety.allowSymlinkedUsersFile) {
+    let link: Stats | undefined;
+    try {
+      link = lstatSync(path);
+    } catch { /* missing: opening the file tells why */ }
+    if (link?.isSymbolicLink()) problems.push(symlinkProblem(path));
+  }
+  if (!safety.allowInsecurePermissions) {
+    let mode: number | undefined;
+    try {
+      mode = (stats ?? statSync(path)).mode;
+    } catch { /* missing: opening the file tells why */ }
+    const message = mode === undefined ? undefined : permissionProblem(path, mode);
+    if (message !== undefined) problems.push({ kind: 'permissions', message });
+  }
+  if (!safety.allowUnsafeUsersFileDirectory) problems.push(...directoryProblems(path));
+  return problems;
+}
+
+/** A users file refused for how it is stored; one line per reason. */
+export class UnsafeUsersFileError extends UsersFileError {
+  constructor(readonly problems: readonly SafetyProblem[]) {
+    super(problems.map((p) => p.message).join('\n'));
+  }
+
+  /** For the unauthenticated health answer: what kind of problem, not where the file is. */
+  get summary(): string {
+    return `users file refused as unsafe (${[...new Set(this.problems.map((p) => p.kind))].join(', ')})`;
+  }
+}
+
 function cannotRead(path: string, err: unknown): UsersFileError {
   const code = (err as NodeJS.ErrnoException).code;
   const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'is a directory' : code;
-  return new UsersFileError(`${path}: cannot read users file (${why})`);
+  return Object.assign(new UsersFileError(`${path}: cannot read users file (${why})`), { code });
+}
+
+/**
+ * Open the users file for reading, or throw why it must not be used. Without
+ * allowSymlinkedUsersFile the open itself refuses a link (O_NOFOLLOW), so a
+ * link swapped in after a check cannot be read through.
+ */
+function openUsersFileChecked(path: string, safety: FileSafety): { fd: number; stats: Stats } {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | (safety.allowSymlinkedUsersFile ? 0 : constants.O_NOFOLLOW));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP' && !safety.allowSymlinkedUsersFile) {
+      const problems = safetyProblems(path, safety);
+      throw new UnsafeUsersFileError(problems.some((p) => p.kind === 'symlink') ? problems : [symlinkProblem(path), ...problems]);
+    }
+    throw cannotRead(path, err);
+  }
+  const stats = fstatSync(fd);
+  if (stats.isDirectory()) {
+    closeSync(fd);
+    throw cannotRead(path, { code: 'EISDIR' });
+  }
+  const problems = safetyProblems(path, safety, stats);
+  if (problems.length > 0) {
+    closeSync(fd);
+    throw new UnsafeUsersFileError(problems);
+  }
+  return { fd, stats };
 }
 
 /** The file was changed by someone who does not take the lock, between our read and our rename. */
@@ -107,6 +240,7 @@ export class UsersFile {
   private readonly log: Logger;
   private readonly clock: () => number;
   private readonly lockTimeoutMs: number;
+  private safety: FileSafety;
   private model: UsersFileModel;
   /** the file's identity when we last read or wrote it */
   private known: FileIdentity | undefined;
@@ -137,12 +271,16 @@ export class UsersFile {
     this.log = options.log;
     this.clock = options.clock ?? ((): number => Date.now() / 1000);
     this.lockTimeoutMs = options.lockTimeoutMs ?? 10_000;
+    this.safety = options.safety ?? STRICT;
+    const { fd, stats } = openUsersFileChecked(this.path, this.safety);
     let bytes: Buffer;
     try {
-      this.known = identityOf(statSync(this.path));
-      bytes = readFileSync(this.path);
+      this.known = identityOf(stats);
+      bytes = readFileSync(fd);
     } catch (err) {
       throw cannotRead(this.path, err);
+    } finally {
+      closeSync(fd);
     }
     this.model = this.reportProblems(parseUsersFile(bytes));
     if (options.pollMs !== 0) {
@@ -167,6 +305,9 @@ export class UsersFile {
   get malformedLines(): number { return this.model.problems.length; }
 
   setPolicy(policy: Policy): void { this.policy = policy; }
+
+  /** Takes effect at the next read of the file (reload(), the poll, the next commit). */
+  setSafety(safety: FileSafety): void { this.safety = safety; }
 
   /**
    * Authenticate. A linger is answered at once (nothing durable changes).
@@ -389,9 +530,10 @@ export class UsersFile {
     let stats: Stats;
     let current: Buffer;
     try {
-      const fd = openSync(this.path, 'r');
+      const opened = openUsersFileChecked(this.path, this.safety);
+      const fd = opened.fd;
       try {
-        stats = fstatSync(fd);
+        stats = opened.stats;
         if (this.scratch.length <= stats.size) this.scratch = Buffer.allocUnsafe(Math.ceil(stats.size * 1.25) + 4096);
         let got = 0;
         for (let n; (n = readSync(fd, this.scratch, got, this.scratch.length - got, got)) > 0;) {
@@ -403,9 +545,17 @@ export class UsersFile {
         closeSync(fd);
       }
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code ?? 'error';
-      if (this.problem === undefined) this.log.error({ event: 'users_file_unusable', file: this.path, code }, `${this.path}: cannot read users file (${code})`);
-      this.problem = `cannot read users file (${code})`;
+      // Fail closed, keeping the content last read: nobody logs in until the file is usable again.
+      if (err instanceof UnsafeUsersFileError) {
+        if (this.problem !== err.summary) {
+          for (const p of err.problems) this.log.error({ event: 'users_file_unusable', file: this.path, code: `unsafe_${p.kind}` }, p.message);
+        }
+        this.problem = err.summary;
+      } else {
+        const code = (err as NodeJS.ErrnoException).code ?? 'error';
+        if (this.problem === undefined) this.log.error({ event: 'users_file_unusable', file: this.path, code }, `${this.path}: cannot read users file (${code})`);
+        this.problem = `cannot read users file (${code})`;
+      }
       throw err;
     }
     if (this.problem !== undefined) this.log.info({ event: 'users_file_usable', file: this.path }, `${this.path}: readable again`);
@@ -423,7 +573,11 @@ export class UsersFile {
       if (this.problem === undefined) void this.reload().catch(() => undefined);
       return;
     }
-    if (!sameIdentity(this.known, current) || this.problem !== undefined) void this.reload().catch(() => undefined);
+    // A chmod of the file changes its ctime; a chmod of a directory above it,
+    // or a link to the same file put in its place, leaves stat() of it alike.
+    if (!sameIdentity(this.known, current) || this.problem !== undefined || safetyProblems(this.path, this.safety).length > 0) {
+      void this.reload().catch(() => undefined);
+    }
   }
 
   /**

@@ -1,12 +1,12 @@
 import t from 'tap';
-import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Stats } from 'node:fs';
 import { changedRanges, syncDirectory, TempFile, tempFileOf } from '../src/atomicWrite.js';
 
 const replaceFile = (file: string, bytes: Buffer, original: Stats): Promise<Stats | undefined> =>
   TempFile.create(file, original).replace(bytes);
-import { tempDir, writeFile600 } from './lib/harness.js';
+import { otherOwner, tempDir, writeFile600 } from './lib/harness.js';
 
 t.test('replaces the file by rename, keeping mode, leaving no temp file', async (t) => {
   const dir = tempDir(t);
@@ -98,4 +98,16 @@ t.test('a prepared temp file patched into new content equals that content', asyn
   const unused = await TempFile.prepared(file, Buffer.from('abc'), statSync(file));
   unused.discard();
   t.notOk(existsSync(tempFileOf(file)), 'a discarded temp file is deleted');
+});
+
+t.test('keeps the owner and group of the file it replaces', async (t) => {
+  const dir = tempDir(t);
+  const file = writeFile600(join(dir, 'users'), 'old');
+  const owner = otherOwner();
+  chownSync(file, owner.uid, owner.gid);
+  const before = statSync(file);
+  await TempFile.create(file, before).replace(Buffer.from('new'));
+  const after = statSync(file);
+  t.not(after.ino, before.ino, 'a new inode');
+  t.same([after.uid, after.gid, after.mode & 0o7777], [owner.uid, owner.gid, 0o600], `owner kept (${owner.what}), mode kept`);
 });

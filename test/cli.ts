@@ -1,12 +1,14 @@
 // The real executable as child processes: exit statuses, one-line errors,
 // check-config, serve with SIGHUP/SIGTERM, and the demo.
 import t from 'tap';
-import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseConfig } from '../src/config.js';
 import { parseUsersFile } from '../src/usersFileFormat.js';
 import { VERSION } from '../src/logger.js';
-import { request, rfcHotp, rfcTotp, spawnGateway, spawnOtpgate, startBackend, tempDir, writeFile600 } from './lib/harness.js';
+import {
+  request, rfcHotp, rfcTotp, spawnGateway, spawnOtpgate, startBackend, tempDir, writeFile600, type SpawnedGateway,
+} from './lib/harness.js';
 
 const KEY = '3132333435363738393031323334353637383930';
 const ROOT = new URL('..', import.meta.url);
@@ -31,6 +33,10 @@ function project(t: Tap, users = `HOTP alice 1234 ${KEY} 0\n`, extra = ''): { di
 type Tap = { teardown(fn: () => void | Promise<void>): void };
 
 const noStackTrace = (text: string): boolean => !/\n\s+at |Error:/.test(text);
+
+async function waitForLog(gw: SpawnedGateway, event: string, n: number): Promise<void> {
+  for (let i = 0; i < 250 && gw.logs.filter((l) => l.event === event).length < n; i++) await new Promise((r) => setTimeout(r, 20));
+}
 
 t.test('--help, --version, and usage errors exit 2', async (t) => {
   const help = await run(['--help']);
@@ -116,6 +122,60 @@ t.test('serve: startup failures are one line with the right exit status', async 
   for (const r of [r1, r2, r3, r4]) t.ok(noStackTrace(r.stderr), 'no stack trace');
 });
 
+t.test('serve and check-config refuse a linked users file and a directory others can write to; the overrides accept them', async (t) => {
+  const linked = project(t);
+  const real = `${linked.usersFile}.real`;
+  renameSync(linked.usersFile, real);
+  symlinkSync(real, linked.usersFile);
+  const link = `${linked.usersFile}: is a symbolic link to ${real}; point usersFile at the file itself, or set allowSymlinkedUsersFile: true`;
+  const open = project(t);
+  chmodSync(open.dir, 0o777);
+  const dir = `${open.usersFile}: directory ${open.dir} is writable by others (mode 777), so anyone can replace the users file; ` +
+    `chmod o-w ${open.dir}, or set allowUnsafeUsersFileDirectory: true`;
+  for (const [what, p, line, override] of [
+    ['symbolic link', linked, link, 'allowSymlinkedUsersFile'], ['world-writable directory', open, dir, 'allowUnsafeUsersFileDirectory'],
+  ] as const) {
+    const serve = await run(['serve', '--config', p.config]);
+    t.same([serve.code, serve.stderr], [2, `${line}\n`], `${what}: serve exits 2 with one line naming the file and the override`);
+    const check = await run(['check-config', '--config', p.config]);
+    t.same([check.code, check.stderr], [2, `${line}\n`], `${what}: check-config says the same`);
+    writeFileSync(p.config, `${readFileSync(p.config, 'utf8')}${override}: true\n`);
+    const ok = await run(['check-config', '--config', p.config]);
+    t.same([ok.code, ok.stderr], [0, ''], `${what}: accepted with ${override}: true`);
+    const gw = await spawnGateway(p.config);
+    t.ok(gw.port > 0, `${what}: serve starts with the override`);
+    gw.child.kill('SIGTERM');
+    t.equal(await gw.exited, 0);
+  }
+});
+
+t.test('SIGHUP with a users file swapped for a link: refused, the gateway keeps running and lets nobody in; back once fixed', async (t) => {
+  const backend = await startBackend(t);
+  const { config, usersFile } = project(t);
+  writeFileSync(config, `listen: 127.0.0.1:0\nupstream: ${backend.url}\nusersFile: otp-users\n`);
+  const gw = await spawnGateway(config);
+  t.equal((await request(gw.port, { auth: ['alice', `1234${rfcHotp(KEY, 0)}`] })).status, 200);
+  const elsewhere = `${usersFile}.elsewhere`;
+  renameSync(usersFile, elsewhere);
+  symlinkSync(elsewhere, usersFile);
+  gw.child.kill('SIGHUP');
+  await waitForLog(gw, 'reload_failed', 1);
+  t.match(gw.logs.find((l) => l.event === 'reload_failed')?.msg, /^reload failed, keeping the running configuration: .*otp-users: is a symbolic link to .*allowSymlinkedUsersFile: true$/);
+  const health = await request(gw.port, { path: '/otpgate/health' });
+  t.same([health.status, JSON.parse(health.text).problem], [503, 'users file refused as unsafe (symlink)'], 'health says why, not where');
+  t.equal((await request(gw.port, { auth: ['alice', `1234${rfcHotp(KEY, 1)}`] })).status, 503, 'no login while refused');
+  t.equal(gw.child.exitCode, null, 'still running');
+  rmSync(usersFile);
+  renameSync(elsewhere, usersFile);
+  gw.child.kill('SIGHUP');
+  await waitForLog(gw, 'reload', 3);
+  t.equal((await request(gw.port, { path: '/otpgate/health' })).status, 200, 'a real file again: healthy');
+  t.equal((await request(gw.port, { auth: ['alice', `1234${rfcHotp(KEY, 1)}`] })).status, 200, 'and logins work');
+  gw.child.kill('SIGTERM');
+  t.equal(await gw.exited, 0);
+  t.equal(gw.stderr(), '', 'nothing on stderr');
+});
+
 t.test('serve: start line, a login, SIGHUP reload (good and bad), SIGTERM', async (t) => {
   const backend = await startBackend(t);
   const { config, usersFile } = project(t);
@@ -127,9 +187,7 @@ t.test('serve: start line, a login, SIGHUP reload (good and bad), SIGTERM', asyn
   const ok = await request(gw.port, { auth: ['alice', `1234${rfcHotp(KEY, 0)}`] });
   t.equal(ok.status, 200);
   t.equal(backend.seen.at(-1)?.headers['remote-user'], 'alice');
-  const waitLog = async (event: string, n: number): Promise<void> => {
-    for (let i = 0; i < 250 && gw.logs.filter((l) => l.event === event).length < n; i++) await new Promise((r) => setTimeout(r, 20));
-  };
+  const waitLog = (event: string, n: number): Promise<void> => waitForLog(gw, event, n);
   writeFileSync(config, `listen: 127.0.0.1:0\nupstream: ${backend.url}\nusersFile: otp-users\nrealm: Second\n`);
   gw.child.kill('SIGHUP');
   await waitLog('reload', 2);

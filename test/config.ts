@@ -14,6 +14,8 @@ t.test('defaults from the contract', async (t) => {
     realm: 'Helpdesk', maxOffset: 4, maxLinger: 600, logoutOnIpChange: false, maxFailures: 5, lockoutSeconds: 300,
     upstreamTimeout: 60, identityHeader: 'Remote-User', logoutPath: '/otpgate/logout', healthPath: '/otpgate/health',
   });
+  t.same([c.allowInsecurePermissions, c.allowSymlinkedUsersFile, c.allowUnsafeUsersFileDirectory], [false, false, false],
+    'every users-file safety check is on unless turned off');
   t.equal(c.maxIdle, undefined);
   t.equal(c.tls, undefined);
   t.same(c.trustedProxies, []);
@@ -37,6 +39,9 @@ logoutPath: /logout
 healthPath: /healthz
 tls: { cert: tls/cert.pem, key: tls/key.pem }
 trustedProxies: [10.0.0.0/8, "::1", 192.0.2.1]
+allowInsecurePermissions: true
+allowSymlinkedUsersFile: true
+allowUnsafeUsersFileDirectory: true
 `, 'c.yaml', '/etc/otpgate');
   if (!r.ok) throw new Error(r.errors.join('\n'));
   t.same(r.config.listen, { host: '::1', port: 9443 });
@@ -44,6 +49,7 @@ trustedProxies: [10.0.0.0/8, "::1", 192.0.2.1]
   t.ok(r.config.trusted.check('10.2.3.4', 'ipv4'));
   t.notOk(r.config.trusted.check('11.2.3.4', 'ipv4'));
   t.equal(r.config.maxIdle, 300);
+  t.same([r.config.allowInsecurePermissions, r.config.allowSymlinkedUsersFile, r.config.allowUnsafeUsersFileDirectory], [true, true, true]);
 });
 
 t.test('all errors at once, one line each naming the file and key', async (t) => {
@@ -59,11 +65,14 @@ logoutPath: logout
 tls: { cert: a }
 trustedProxies: [10.0.0.0/33, banana]
 colour: blue
+allowSymlinkedUsersFile: "yes"
+allowUnsafeUsersFileDirectory: 1
 `, 'otpgate.yaml', '/etc');
   t.equal(r.ok, false);
   if (r.ok) return;
   const text = r.errors.join('\n');
-  for (const key of ['maxOffset', 'maxLinger', 'maxIdle', 'logoutOnIpChange', 'identityHeader', 'logoutPath', 'tls.key', 'colour']) {
+  for (const key of ['maxOffset', 'maxLinger', 'maxIdle', 'logoutOnIpChange', 'identityHeader', 'logoutPath', 'tls.key', 'colour',
+    'allowSymlinkedUsersFile', 'allowUnsafeUsersFileDirectory']) {
     t.match(text, new RegExp(`^otpgate\\.yaml: ${key.replace('.', '\\.')}: `, 'm'), key);
   }
   t.match(text, /colour: unknown key/);

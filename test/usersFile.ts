@@ -1,23 +1,37 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, readdirSync, readFileSync, readlinkSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, statSync, symlinkSync,
+  unlinkSync, writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import type { Policy } from '../src/decision.js';
-import { UsersFile, UsersFileError, permissionProblem, type Outcome } from '../src/usersFile.js';
+import {
+  STRICT, UnsafeUsersFileError, UsersFile, UsersFileError, permissionProblem, safetyProblems, type FileSafety, type Outcome,
+} from '../src/usersFile.js';
 import { formatLocalTime } from '../src/localTime.js';
-import { memoryLogger, rfcHotp, rfcTotp, tempDir, writeFile600 } from './lib/harness.js';
+import { memoryLogger, otherOwner, rfcHotp, rfcTotp, tempDir, writeFile600 } from './lib/harness.js';
 
 const KEY = '3132333435363738393031323334353637383930';
 const policy: Policy = { maxOffset: 4, maxLinger: 600, logoutOnIpChange: false, maxFailures: 5, lockoutSeconds: 300 };
 
 interface Setup {
   users: UsersFile;
+  dir: string;
   path: string;
   logs: ReturnType<typeof memoryLogger>;
   clock: { now: number };
 }
 
-function setup(t: { teardown(fn: () => void | Promise<void>): void }, text: string, options: { policy?: Policy; pollMs?: number; mode?: number; lockTimeoutMs?: number } = {}): Setup {
+interface SetupOptions {
+  policy?: Policy;
+  pollMs?: number;
+  mode?: number;
+  lockTimeoutMs?: number;
+  safety?: Partial<FileSafety>;
+}
+
+function setup(t: { teardown(fn: () => void | Promise<void>): void }, text: string, options: SetupOptions = {}): Setup {
   const dir = tempDir(t);
   const path = join(dir, 'otp-users');
   writeFileSync(path, text, { mode: options.mode ?? 0o600 });
@@ -26,10 +40,10 @@ function setup(t: { teardown(fn: () => void | Promise<void>): void }, text: stri
   const clock = { now: 1_700_000_000 };
   const users = new UsersFile({
     path, policy: options.policy ?? policy, log: logs.log, clock: () => clock.now, pollMs: options.pollMs ?? 0,
-    lockTimeoutMs: options.lockTimeoutMs ?? 5000,
+    lockTimeoutMs: options.lockTimeoutMs ?? 5000, safety: { ...STRICT, ...options.safety },
   });
   t.teardown(() => users.close());
-  return { users, path, logs, clock };
+  return { users, dir, path, logs, clock };
 }
 
 const fieldsOf = (path: string, login: string): string[] => {
@@ -162,16 +176,121 @@ t.test('a missing or unreadable file', async (t) => {
 });
 
 t.test('mode and owner are kept on rewrite; permissions check', async (t) => {
-  const { users, path } = setup(t, `HOTP olga 1 ${KEY} 0\n`, { mode: 0o640 });
+  const { users, path } = setup(t, `HOTP olga 1 ${KEY} 0\n`, { mode: 0o640, safety: { allowInsecurePermissions: true } });
+  const owner = otherOwner();
+  chownSync(path, owner.uid, owner.gid);
   const before = statSync(path);
-  await users.authenticate('olga', `1${rfcHotp(KEY, 0)}`, '10.0.0.1');
+  t.match(await users.authenticate('olga', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true });
   const after = statSync(path);
   t.not(after.ino, before.ino, 'replaced by rename');
   t.equal(after.mode & 0o7777, 0o640);
-  t.equal(after.uid, before.uid);
-  t.equal(after.gid, before.gid);
+  t.same([after.uid, after.gid], [owner.uid, owner.gid], `owner kept (${owner.what})`);
   t.match(permissionProblem(path, after.mode), /readable or writable by group or others \(mode 640\)/);
   t.equal(permissionProblem(path, 0o100600), undefined);
+});
+
+t.test('a users file that is a symbolic link is refused, unless allowSymlinkedUsersFile', async (t) => {
+  const dir = tempDir(t);
+  const real = writeFile600(join(dir, 'real-users'), `HOTP pam 1 ${KEY} 0\n`);
+  const link = join(dir, 'otp-users');
+  symlinkSync(real, link);
+  const { log } = memoryLogger();
+  const err = t.throws(() => new UsersFile({ path: link, policy, log, pollMs: 0 })) as Error;
+  t.type(err, UnsafeUsersFileError, 'the default is strict');
+  t.equal(err.message, `${link}: is a symbolic link to ${real}; point usersFile at the file itself, or set allowSymlinkedUsersFile: true`);
+  symlinkSync(join(dir, 'nowhere'), join(dir, 'dangling'));
+  t.throws(() => new UsersFile({ path: join(dir, 'dangling'), policy, log, pollMs: 0 }), /dangling: is a symbolic link to .*nowhere; /,
+    'a dangling link is a link first, not a missing file');
+  const users = new UsersFile({ path: link, policy, log, pollMs: 0, safety: { ...STRICT, allowSymlinkedUsersFile: true } });
+  t.teardown(() => users.close());
+  t.match(await users.authenticate('pam', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true }, 'allowed: read through the link');
+  // Why links are refused: the protocol's rename replaces the link, and its target stops changing.
+  t.notOk(lstatSync(link).isSymbolicLink(), 'the write replaced the link by a file');
+  t.match(readFileSync(real, 'utf8'), / 0\n$/, 'the target still holds the old counter');
+});
+
+t.test('a users file in a directory others can write to is refused, unless allowUnsafeUsersFileDirectory', async (t) => {
+  const { log } = memoryLogger();
+  const open = (path: string, safety: Partial<FileSafety> = {}): UsersFile => {
+    const users = new UsersFile({ path, policy, log, pollMs: 0, safety: { ...STRICT, ...safety } });
+    t.teardown(() => users.close());
+    return users;
+  };
+  const top = tempDir(t);
+  const dir = join(top, 'state');
+  mkdirSync(dir, { mode: 0o700 });
+  const path = writeFile600(join(dir, 'otp-users'), `HOTP quentin 1 ${KEY} 0\n`);
+  t.ok(open(path).usable, 'a private directory under a world-writable sticky one (/tmp) is fine');
+  chmodSync(dir, 0o777);
+  t.throws(() => open(path), new UnsafeUsersFileError([{ kind: 'directory', message:
+    `${path}: directory ${dir} is writable by others (mode 777), so anyone can replace the users file; ` +
+    `chmod o-w ${dir}, or set allowUnsafeUsersFileDirectory: true` }]));
+  chmodSync(dir, 0o1777);
+  t.throws(() => open(path), /directory .* \(mode 1777\), so anyone can create .*otp-users\.lock or .*otp-users\.new before otpgate does/,
+    'the sticky bit protects the file, not the names of its lock and temp files');
+  t.ok(open(path, { allowUnsafeUsersFileDirectory: true }).usable, 'the override');
+  chmodSync(dir, 0o770);
+  t.ok(open(path).usable, 'group write access is the operator\'s choice (a group shared with Apache)');
+  chmodSync(dir, 0o700);
+  chmodSync(top, 0o777);
+  t.throws(() => open(path), new RegExp(`directory ${top} is writable by others \\(mode 777\\), so anyone can replace`),
+    'a world-writable directory higher up: the one below can be renamed away');
+  chmodSync(top, 0o1777);
+  t.ok(open(path).usable, 'higher up, the sticky bit is enough');
+  chmodSync(top, 0o700);
+});
+
+t.test('all problems at once, one line each naming its override', async (t) => {
+  const dir = tempDir(t);
+  const real = join(dir, 'real');
+  writeFileSync(real, `HOTP rolf 1 ${KEY} 0\n`, { mode: 0o644 });
+  chmodSync(real, 0o644);
+  const link = join(dir, 'otp-users');
+  symlinkSync(real, link);
+  chmodSync(dir, 0o777);
+  t.teardown(() => chmodSync(dir, 0o700));
+  const problems = safetyProblems(link, STRICT);
+  t.same(problems.map((p) => p.kind), ['symlink', 'permissions', 'directory']);
+  t.same(problems.map((p) => /set (\w+): true$/.exec(p.message)?.[1]),
+    ['allowSymlinkedUsersFile', 'allowInsecurePermissions', 'allowUnsafeUsersFileDirectory']);
+  for (const p of problems) t.ok(p.message.startsWith(`${link}: `) && !p.message.includes('\n'), `${p.kind}: one line naming the file`);
+  t.same(safetyProblems(link, { allowInsecurePermissions: true, allowSymlinkedUsersFile: true, allowUnsafeUsersFileDirectory: true }), [],
+    'every override');
+});
+
+t.test('a file that becomes unsafe while running: refused at once, old content kept, no crash, back when fixed', async (t) => {
+  const { users, dir, path, logs } = setup(t, `HOTP sven 1 ${KEY} 0\nHOTP tina 1 ${KEY} 0\n`, { pollMs: 50 });
+  const unusable = (code: string): Record<string, unknown>[] =>
+    logs.lines.filter((l) => l.event === 'users_file_unusable' && l.code === code);
+  // An attacker's file behind a link, swapped in by rename (as an editor would).
+  const theirs = writeFile600(join(dir, 'theirs'), `HOTP mallory - ${KEY} 0\n`);
+  symlinkSync(theirs, `${path}.swap`);
+  renameSync(`${path}.swap`, path);
+  t.ok(await waitFor(() => !users.usable), 'a link swapped in: unusable');
+  t.equal(users.unusableReason, 'users file refused as unsafe (symlink)');
+  t.equal(users.userCount, 2, 'the content read before is kept, not the link\'s');
+  t.match(await users.authenticate('mallory', rfcHotp(KEY, 0), '10.0.0.1'), { granted: false, unavailable: true });
+  t.match(await users.authenticate('sven', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: false, unavailable: true }, 'fail closed');
+  await t.rejects(users.reload(), /otp-users: is a symbolic link to /, 'an explicit reload is refused too');
+  t.equal(unusable('unsafe_symlink').length, 1, 'logged once, not at every poll');
+  t.match(unusable('unsafe_symlink')[0]?.msg, /is a symbolic link to .*theirs; .*allowSymlinkedUsersFile: true$/);
+  writeFile600(`${path}.fixed`, `HOTP sven 1 ${KEY} 0\nHOTP tina 1 ${KEY} 0\n`);
+  renameSync(`${path}.fixed`, path);
+  t.ok(await waitFor(() => users.usable), 'a real file again: usable');
+  t.match(await users.authenticate('sven', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true });
+
+  chmodSync(dir, 0o777); // the file itself does not change: only the poll's own check sees this
+  t.ok(await waitFor(() => !users.usable), 'its directory made world-writable: unusable');
+  t.equal(unusable('unsafe_directory').length, 1);
+  chmodSync(dir, 0o700);
+  t.ok(await waitFor(() => users.usable), 'fixed: usable');
+
+  chmodSync(path, 0o644);
+  t.ok(await waitFor(() => !users.usable), 'made readable by others: unusable');
+  t.equal(unusable('unsafe_permissions').length, 1);
+  users.setSafety({ ...STRICT, allowInsecurePermissions: true });
+  t.ok(await waitFor(() => users.usable), 'accepted once the override is set (SIGHUP does this)');
+  t.match(await users.authenticate('tina', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true });
 });
 
 t.test('a lock held by another program: the write waits, or fails closed after the timeout', async (t) => {

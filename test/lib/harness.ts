@@ -23,6 +23,15 @@ export function writeFile600(path: string, text: string | Buffer): string {
   return path;
 }
 
+/**
+ * An owner for a file that differs from the test process's when it may chown
+ * (root, as in CI); otherwise its own, which `what` says.
+ */
+export function otherOwner(): { uid: number; gid: number; what: string } {
+  if (process.getuid?.() === 0) return { uid: 4242, gid: 4243, what: 'uid 4242, gid 4243: not the writer\'s' };
+  return { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, what: 'the writer\'s own: not root, cannot chown' };
+}
+
 /** RFC 4226, independently of src/otp.ts. */
 export function rfcHotp(keyHex: string, counter: number, digits = 6): string {
   const msg = Buffer.alloc(8);
