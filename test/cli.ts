@@ -2,15 +2,19 @@
 // check-config, serve with SIGHUP/SIGTERM, and the demo.
 import t from 'tap';
 import { chmodSync, existsSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { parseConfig } from '../src/config.js';
 import { parseUsersFile } from '../src/usersFileFormat.js';
 import { VERSION } from '../src/logger.js';
 import {
-  request, rfcHotp, rfcTotp, spawnGateway, spawnOtpgate, startBackend, tempDir, writeFile600, type SpawnedGateway,
+  request, rfcHotp, rfcTotp, secret, secretKey, spawnGateway, spawnOtpgate, startBackend, tempDir, writeFile600, type SpawnedGateway,
 } from './lib/harness.js';
 
-const KEY = '3132333435363738393031323334353637383930';
+const KEY = secretKey(randomBytes(20).toString('hex'));
+// Not a run of digits: a time or a pid in a log line cannot contain it by chance.
+const PIN = secret('cl1PinQx');
+const password = (counter: number): string => `${PIN}${rfcHotp(KEY, counter)}`;
 const ROOT = new URL('..', import.meta.url);
 
 function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -22,7 +26,7 @@ function run(args: string[], env: Record<string, string> = {}): Promise<{ code: 
   return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
 }
 
-function project(t: Tap, users = `HOTP alice 1234 ${KEY} 0\n`, extra = ''): { dir: string; config: string; usersFile: string } {
+function project(t: Tap, users = `HOTP alice ${PIN} ${KEY} 0\n`, extra = ''): { dir: string; config: string; usersFile: string } {
   const dir = tempDir(t);
   const usersFile = writeFile600(join(dir, 'otp-users'), users);
   const config = writeFile600(join(dir, 'otpgate.yaml'),
@@ -62,7 +66,7 @@ t.test('check-config: ok, with a summary', async (t) => {
 });
 
 t.test('check-config: every problem, one line each, exit 2', async (t) => {
-  const { dir, config, usersFile } = project(t, `HOTP alice 1234 ${KEY} 0\nHOTP bob x zz\nTOTP carl - ${KEY}\n`);
+  const { dir, config, usersFile } = project(t, `HOTP alice ${PIN} ${KEY} 0\nHOTP bob x zz\nTOTP carl - ${KEY}\n`);
   const r = await run(['check-config', '--config', config]);
   t.equal(r.code, 2);
   t.same(r.stderr.trim().split('\n'), [`${usersFile}:2: key is not an even number of hex digits`, `${usersFile}:3: invalid token type "TOTP"`]);
@@ -74,7 +78,7 @@ t.test('check-config: every problem, one line each, exit 2', async (t) => {
   t.match(b.stderr, /bad\.yaml: maxOffset: /);
   t.match(b.stderr, /bad\.yaml: colour: unknown key/);
   t.ok(noStackTrace(b.stderr));
-  writeFileSync(usersFile, `HOTP alice 1234 ${KEY} 0\n`, { mode: 0o644 });
+  writeFileSync(usersFile, `HOTP alice ${PIN} ${KEY} 0\n`, { mode: 0o644 });
   chmodSync(usersFile, 0o644);
   const perms = await run(['check-config', '--config', config]);
   t.equal(perms.code, 2);
@@ -102,7 +106,7 @@ t.test('serve: startup failures are one line with the right exit status', async 
   const r2 = await run(['serve', '--config', open.config]);
   t.equal(r2.code, 2, 'group-readable users file: exit 2');
   t.match(r2.stderr, /otp-users: readable or writable by group or others \(mode 640\); chmod 600 it, or set allowInsecurePermissions: true/);
-  const allowed = project(t, `HOTP alice 1 ${KEY} 0\n`, 'allowInsecurePermissions: true\n');
+  const allowed = project(t, `HOTP alice ${PIN} ${KEY} 0\n`, 'allowInsecurePermissions: true\n');
   chmodSync(allowed.usersFile, 0o640);
   const gw = await spawnGateway(allowed.config);
   t.ok(gw.port > 0, 'the documented override starts it');
@@ -154,7 +158,7 @@ t.test('SIGHUP with a users file swapped for a link: refused, the gateway keeps 
   const { config, usersFile } = project(t);
   writeFileSync(config, `listen: 127.0.0.1:0\nupstream: ${backend.url}\nusersFile: otp-users\n`);
   const gw = await spawnGateway(config);
-  t.equal((await request(gw.port, { auth: ['alice', `1234${rfcHotp(KEY, 0)}`] })).status, 200);
+  t.equal((await request(gw.port, { auth: ['alice', password(0)] })).status, 200);
   const elsewhere = `${usersFile}.elsewhere`;
   renameSync(usersFile, elsewhere);
   symlinkSync(elsewhere, usersFile);
@@ -163,14 +167,14 @@ t.test('SIGHUP with a users file swapped for a link: refused, the gateway keeps 
   t.match(gw.logs.find((l) => l.event === 'reload_failed')?.msg, /^reload failed, keeping the running configuration: .*otp-users: is a symbolic link to .*allowSymlinkedUsersFile: true$/);
   const health = await request(gw.port, { path: '/otpgate/health' });
   t.same([health.status, JSON.parse(health.text).problem], [503, 'users file refused as unsafe (symlink)'], 'health says why, not where');
-  t.equal((await request(gw.port, { auth: ['alice', `1234${rfcHotp(KEY, 1)}`] })).status, 503, 'no login while refused');
+  t.equal((await request(gw.port, { auth: ['alice', password(1)] })).status, 503, 'no login while refused');
   t.equal(gw.child.exitCode, null, 'still running');
   rmSync(usersFile);
   renameSync(elsewhere, usersFile);
   gw.child.kill('SIGHUP');
   await waitForLog(gw, 'reload', 3);
   t.equal((await request(gw.port, { path: '/otpgate/health' })).status, 200, 'a real file again: healthy');
-  t.equal((await request(gw.port, { auth: ['alice', `1234${rfcHotp(KEY, 1)}`] })).status, 200, 'and logins work');
+  t.equal((await request(gw.port, { auth: ['alice', password(1)] })).status, 200, 'and logins work');
   gw.child.kill('SIGTERM');
   t.equal(await gw.exited, 0);
   t.equal(gw.stderr(), '', 'nothing on stderr');
@@ -184,7 +188,7 @@ t.test('serve: start line, a login, SIGHUP reload (good and bad), SIGTERM', asyn
   const start = gw.logs.find((l) => l.event === 'start');
   t.match(start, { version: VERSION, upstream: `${backend.url}/`, users: 1, usersFile });
   t.match(String(start?.listen), /^127\.0\.0\.1:\d+$/);
-  const ok = await request(gw.port, { auth: ['alice', `1234${rfcHotp(KEY, 0)}`] });
+  const ok = await request(gw.port, { auth: ['alice', password(0)] });
   t.equal(ok.status, 200);
   t.equal(backend.seen.at(-1)?.headers['remote-user'], 'alice');
   const waitLog = (event: string, n: number): Promise<void> => waitForLog(gw, event, n);
@@ -197,7 +201,7 @@ t.test('serve: start line, a login, SIGHUP reload (good and bad), SIGTERM', asyn
   await waitLog('reload_failed', 2);
   t.ok(gw.logs.some((l) => l.event === 'reload_failed' && /otpgate\.yaml:\d+:\d+: /.test(String(l.msg))), 'why it failed is logged');
   t.match((await request(gw.port)).headers['www-authenticate'], /realm="Second"/, 'a bad reload keeps the running config');
-  t.equal((await request(gw.port, { auth: ['alice', `1234${rfcHotp(KEY, 0)}`] })).status, 200, 'still serving the linger');
+  t.equal((await request(gw.port, { auth: ['alice', password(0)] })).status, 200, 'still serving the linger');
   gw.child.kill('SIGTERM');
   t.equal(await gw.exited, 0, 'SIGTERM: clean exit');
   t.ok(gw.logs.some((l) => l.event === 'stop'));

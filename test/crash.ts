@@ -7,11 +7,11 @@ import { Agent, request as httpRequest } from 'node:http';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseUsersFile } from '../src/usersFileFormat.js';
-import { basic, request, rfcHotp, spawnGateway, startBackend, tempDir, writeFile600 } from './lib/harness.js';
+import { basic, request, rfcHotp, secretKey, spawnGateway, startBackend, tempDir, writeFile600 } from './lib/harness.js';
 
 const USERS = 16;
 const KILLS = 25;
-const KEY = '3132333435363738393031323334353637383930';
+const KEY = secretKey('3132333435363738393031323334353637383930');
 
 function diskCounters(path: string, t: { equal: (a: unknown, b: unknown, m: string) => void }): number[] {
   const model = parseUsersFile(readFileSync(path));

@@ -15,20 +15,21 @@ import { connect as tlsConnect } from 'node:tls';
 import { parseConfig } from '../src/config.js';
 import { start, type Running } from '../src/serve.js';
 import {
-  basic, memoryLogger, request, rfcHotp, startBackend, tempDir, writeFile600, type Reply, type Seen,
+  basic, memoryLogger, request, rfcHotp, secret, secretKey, startBackend, tempDir, writeFile600, type Reply, type Seen,
 } from './lib/harness.js';
+import { findLeaks, registeredSecrets } from './lib/secrets.js';
 
 // the last overload of t.test is (cb): its argument is a subtest
 type Test = Parameters<Parameters<typeof t.test>[0]>[0];
 
 const REALM = 'Test Helpdesk';
 const KEYS = {
-  alice: randomBytes(20).toString('hex'),
-  bob: randomBytes(20).toString('hex'),
-  carol: randomBytes(20).toString('hex'),
+  alice: secretKey(randomBytes(20).toString('hex')),
+  bob: secretKey(randomBytes(20).toString('hex')),
+  carol: secretKey(randomBytes(20).toString('hex')),
 };
 // PINs that cannot turn up in a log line by accident (a timestamp, a pid).
-const PIN = { alice: 'pinAl1ceQ', carol: 'pinCar0lZ', wrong: 'wr0ngPinX' };
+const PIN = { alice: secret('pinAl1ceQ'), carol: secret('pinCar0lZ'), wrong: secret('wr0ngPinX') };
 
 const USERS = [
   `HOTP alice ${PIN.alice} ${KEYS.alice} 0`,
@@ -732,19 +733,25 @@ t.test('healthPath', async (t) => {
     assertChallenge(t, await request(gw.port, { path }), `${path} is not the health endpoint`);
   }
   t.equal(gw.backend.seen.length, 0);
+  t.equal((await request(gw.port, { auth: ['alice', alicePw(0)] })).status, 200);
+  const afterLogin = await request(gw.port, { path: '/otpgate/health' });
 
   rmSync(gw.usersPath);
   await gw.running.reload();
   const gone = await request(gw.port, { path: '/otpgate/health' });
   t.equal(gone.status, 503, 'users file deleted: 503');
   t.match(JSON.parse(gone.text), { status: 'unavailable' });
-  t.not((await request(gw.port, { auth: ['alice', alicePw(0)] })).status, 200, 'and nobody logs in');
+  t.not((await request(gw.port, { auth: ['alice', alicePw(1)] })).status, 200, 'and nobody logs in');
+  const secrets = registeredSecrets();
+  t.ok(secrets.size >= 10, `the keys, PINs and logins of this file are registered (${secrets.size})`);
+  t.same([findLeaks(afterLogin.text, secrets), findLeaks(gone.text, secrets)], [[], []], 'no secret in either health answer');
+  t.notOk(gone.text.includes(gw.dir), 'nor where the users file is: the health answer needs no login');
 
   writeFile600(gw.usersPath, USERS);
   // The 1 s poll notices the file is back by itself.
   t.ok(await eventually(() => gw.running.users.usable, 2000), 'users file usable again');
   t.equal((await request(gw.port, { path: '/otpgate/health' })).status, 200, 'back to 200');
-  t.equal(gw.backend.seen.length, 0, 'the backend saw none of it');
+  t.equal(gw.backend.seen.length, 1, 'the backend saw the login, none of the rest');
 });
 
 t.test('logoutPath', async (t) => {
@@ -874,6 +881,8 @@ t.test('TLS: HTTPS to the client, X-Forwarded-Proto https to the backend', async
   const certDir = tempDir(t);
   execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost', '-days', '1',
     '-keyout', join(certDir, 'key.pem'), '-out', join(certDir, 'cert.pem')], { stdio: 'ignore' });
+  // A line from the middle of the private key: no log may quote the key file.
+  secret(readFileSync(join(certDir, 'key.pem'), 'utf8').split('\n')[5] ?? '');
   const gw = await gateway(t, {
     config: { tls: { cert: join(certDir, 'cert.pem'), key: join(certDir, 'key.pem') } },
     backend: (req, res) => {

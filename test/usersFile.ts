@@ -10,9 +10,9 @@ import {
   STRICT, UnsafeUsersFileError, UsersFile, UsersFileError, permissionProblem, safetyProblems, type FileSafety, type Outcome,
 } from '../src/usersFile.js';
 import { formatLocalTime } from '../src/localTime.js';
-import { memoryLogger, otherOwner, rfcHotp, rfcTotp, tempDir, writeFile600 } from './lib/harness.js';
+import { memoryLogger, otherOwner, rfcHotp, rfcTotp, secretKey, tempDir, writeFile600 } from './lib/harness.js';
 
-const KEY = '3132333435363738393031323334353637383930';
+const KEY = secretKey('3132333435363738393031323334353637383930');
 const policy: Policy = { maxOffset: 4, maxLinger: 600, logoutOnIpChange: false, maxFailures: 5, lockoutSeconds: 300 };
 
 interface Setup {

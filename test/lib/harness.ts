@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Writable } from 'node:stream';
 import { pino, type Logger } from 'pino';
+import { captureStream, keyForms, loginForms, registerSecrets } from './secrets.js';
 
 export const tempDir = (t: { teardown(fn: () => void): void }, prefix = 'otpgate-test-'): string => {
   const dir = mkdtempSync(join(tmpdir(), prefix));
@@ -45,15 +46,32 @@ export function rfcHotp(keyHex: string, counter: number, digits = 6): string {
 export const rfcTotp = (keyHex: string, epochSeconds: number, step = 30, digits = 6): string =>
   rfcHotp(keyHex, Math.floor(epochSeconds / step), digits);
 
-export const basic = (login: string, password: string): string =>
-  `Basic ${Buffer.from(`${login}:${password}`, 'utf8').toString('base64')}`;
+/** A value no log may contain (a PIN, a password): at least 8 characters, so it cannot turn up by chance. */
+export function secret<T extends string>(value: T): T {
+  registerSecrets([value]);
+  return value;
+}
+
+/** A token key (hex) no log may contain, in any of its spellings. */
+export function secretKey(keyHex: string): string {
+  registerSecrets(keyForms(keyHex));
+  return keyHex;
+}
+
+/** An Authorization value; no log may contain it, or its password. */
+export function basic(login: string, password: string): string {
+  registerSecrets(loginForms(login, password));
+  return `Basic ${Buffer.from(`${login}:${password}`, 'utf8').toString('base64')}`;
+}
 
 /** A logger that keeps every line, for assertions on audit events. */
 export function memoryLogger(level: pino.LevelWithSilent = 'debug'): { log: Logger; lines: Record<string, unknown>[]; text: () => string } {
   const lines: Record<string, unknown>[] = [];
   const raw: string[] = [];
+  const capture = captureStream('memoryLogger');
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb): void {
+      capture(chunk);
       for (const line of chunk.toString('utf8').split('\n')) {
         if (line) {
           raw.push(line);
@@ -155,12 +173,17 @@ export const BIN = fileURLToPath(new URL('../../bin/otpgate', import.meta.url));
 /**
  * Run the real `otpgate` executable as a child process. The test runner injects
  * its coverage hooks into children through NODE_OPTIONS; `env -u` keeps them
- * out, so the child is exactly what an operator runs.
+ * out, so the child is exactly what an operator runs. Its output is captured
+ * for the secrets scan.
  */
 export function spawnOtpgate(args: readonly string[], extraEnv: Record<string, string> = {}): ChildProcess {
-  return spawn('env', ['-u', 'NODE_OPTIONS', process.execPath, BIN, ...args], {
+  const child = spawn('env', ['-u', 'NODE_OPTIONS', process.execPath, BIN, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...extraEnv },
   });
+  // Listeners added by the caller right after this still see every chunk: none arrives before the next tick.
+  child.stdout?.on('data', captureStream(`otpgate-${args[0] ?? ''}-stdout`));
+  child.stderr?.on('data', captureStream(`otpgate-${args[0] ?? ''}-stderr`));
+  return child;
 }
 
 /** Run `otpgate serve` as a real child process; resolves once it logged its start line. */
