@@ -15,6 +15,11 @@ export const SECRETS_FILE = 'secrets.jsonl';
 /** Shorter strings turn up in logs by chance (a time, a port, a pid): register only what cannot. */
 export const MIN_SECRET = 8;
 
+function longEnough(s: string): string {
+  if (s.length < MIN_SECRET) throw new Error(`secret "${s}" is shorter than ${MIN_SECRET} characters: it would match by chance`);
+  return s;
+}
+
 const BASE32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
 function base32(bytes: Buffer): string {
   let out = '';
@@ -55,8 +60,7 @@ export function loginForms(user: string, password: string): string[] {
 export function findLeaks(text: string, secrets: Iterable<string>): string[] {
   const byPrefix = new Map<string, string[]>();
   for (const s of secrets) {
-    if (s.length < MIN_SECRET) throw new Error(`secret "${s}" is shorter than ${MIN_SECRET} characters: it would match by chance`);
-    const prefix = s.slice(0, MIN_SECRET);
+    const prefix = longEnough(s).slice(0, MIN_SECRET);
     byPrefix.set(prefix, [...(byPrefix.get(prefix) ?? []), s]);
   }
   const found = new Set<string>();
@@ -109,11 +113,8 @@ const registered = new Set<string>();
 
 /** Register strings the logs must never contain (this process's copy: for checks of answers within a test). */
 export function registerSecrets(values: readonly string[]): void {
-  const fresh = values.filter((v) => !registered.has(v));
-  for (const v of fresh) {
-    if (v.length < MIN_SECRET) throw new Error(`secret "${v}" is shorter than ${MIN_SECRET} characters: it would match by chance`);
-    registered.add(v);
-  }
+  const fresh = [...new Set(values)].filter((v) => !registered.has(longEnough(v)));
+  for (const v of fresh) registered.add(v);
   if (fresh.length > 0 && active()) appendFileSync(join(CAPTURE_DIR, SECRETS_FILE), fresh.map((v) => `${JSON.stringify(v)}\n`).join(''));
 }
 
