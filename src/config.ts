@@ -11,6 +11,24 @@ const seconds = (min: number) => z.number({ error: 'expected a number of seconds
 const path = z.string({ error: 'expected a file path' }).min(1, 'expected a file path');
 const urlPath = z.string().regex(/^\/[!-~]*$/, 'expected a path starting with "/" (printable ASCII, no spaces)');
 
+const count = z.number().int('expected a whole number').min(0, 'expected 0 or more');
+
+/** One throttle rule (see throttle.ts): `free` failures, then waits doubling from baseSeconds to maxSeconds. */
+const rule = (free: number, quietSeconds: number) => z.strictObject({
+  free: count.default(free),
+  baseSeconds: z.number().positive().max(86400).default(1),
+  maxSeconds: seconds(1).max(86400).default(900),
+  quietSeconds: seconds(1).default(quietSeconds),
+}).prefault({});
+
+const throttle = z.strictObject({
+  pair: rule(5, 3600),
+  account: rule(5, 3600),
+  ip: rule(50, 300),
+  usualIpDays: z.number().min(0).max(3650).default(30),
+  maxEntries: z.number().int().min(1000).max(10_000_000).default(100_000),
+}).prefault({});
+
 const schema = z.strictObject({
   listen: z.string().default('127.0.0.1:8080'),
   upstream: z.string({ error: 'required: the backend base URL, e.g. http://127.0.0.1:8081' }),
@@ -36,6 +54,9 @@ const schema = z.strictObject({
   headersTimeout: seconds(1).default(20),
   requestTimeout: seconds(0).default(300),
   keepAliveTimeout: seconds(0).default(5),
+  maxLockoutSeconds: seconds(0).default(3600),
+  permanentLockAfter: count.default(100),
+  throttle,
 });
 
 type Raw = z.infer<typeof schema>;

@@ -12,7 +12,8 @@ import type { Config } from './config.js';
 import type { Pool } from 'undici';
 import { forward, upstreamPool, UpstreamTimeout, type Upstream } from './forward.js';
 import { clientAddress, isTrusted, normalizedHeaderName, plainAddress, upstreamHeaders } from './headers.js';
-import { badGateway, badRequest, challenge, gatewayTimeout, json, rawStatus, unavailable } from './responses.js';
+import { badGateway, badRequest, challenge, gatewayTimeout, json, rawStatus, throttled, unavailable } from './responses.js';
+import { Throttle, type ThrottlePolicy } from './throttle.js';
 import type { Outcome, UsersFile } from './usersFile.js';
 import { VERSION } from './logger.js';
 
@@ -50,15 +51,28 @@ export function malformedRequest(req: IncomingMessage): boolean {
 const hasUnreadBody = (req: IncomingMessage): boolean =>
   !req.complete && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0);
 
+/** Failures the throttle counts: wrong PINs and codes, unknown logins, attempts on a locked account (not a browser resending a used code). */
+const countsAsGuess = (o: Outcome): boolean => o.counted === true || o.reason === 'unknown_user' || o.reason === 'locked';
+
+export function throttlePolicyOf(config: Config): ThrottlePolicy {
+  const { pair, account, ip, usualIpDays, maxEntries } = config.throttle;
+  return { pair, account, ip, usualIpSeconds: usualIpDays * 86400, maxEntries };
+}
+
 export class Gateway {
   readonly server: Server | HttpsServer;
   private live: Live;
   private readonly log: Logger;
   // Keep-alive pools to the backend, one per origin (a reload may switch it).
   private readonly pools = new Map<string, Pool>();
+  private readonly throttle: Throttle;
+  /** epoch seconds (injectable for tests) */
+  private readonly clock: () => number;
 
-  constructor(config: Config, users: UsersFile, log: Logger) {
+  constructor(config: Config, users: UsersFile, log: Logger, clock: () => number = () => Date.now() / 1000) {
     this.log = log;
+    this.clock = clock;
+    this.throttle = new Throttle(throttlePolicyOf(config));
     this.live = this.liveFor(config, users);
     const timeouts = {
       headersTimeout: config.headersTimeout * 1000,
@@ -97,6 +111,7 @@ export class Gateway {
     const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) } : undefined;
     const live = this.liveFor(config, users);
     if (tls && 'setSecureContext' in this.server) this.server.setSecureContext(tls);
+    this.throttle.setPolicy(throttlePolicyOf(config));
     this.live = live;
   }
 
@@ -159,11 +174,32 @@ export class Gateway {
       challenge(res, config.realm, closeAfter);
       return;
     }
-    this.settle(live.users.authenticate(credentials.login, credentials.password, ip), (outcome) => {
-      this.audit(credentials.login, ip, outcome, false);
+    const { login, password } = credentials;
+    const { users } = live;
+    const now = this.clock();
+    // Only once something failed is there anything to look up (the common case costs nothing).
+    const facts = this.throttle.size === 0 ? undefined
+      : { known: users.knows(login), usual: this.throttle.isUsual(login, ip, now) || users.lastLoggedInFrom(login, ip) };
+    if (facts) {
+      const wait = this.throttle.wait(login, ip, facts.known, facts.usual, now);
+      // An agent's logged-in session is no guess: its IP's count (a busy office
+      // NAT) does not stop it. The account's and the pair's do, or guesses at a
+      // lingering password would go unthrottled.
+      if (wait > 0 && !(users.ridesLinger(login, password, ip) && this.throttle.wait(login, ip, facts.known, facts.usual, now, false) === 0)) {
+        this.audit(login, ip, { granted: false, reason: 'throttled' }, false, wait);
+        throttled(res, wait, closeAfter);
+        return;
+      }
+    }
+    this.settle(users.authenticate(login, password, ip, false, facts?.usual ?? false), (outcome) => {
+      this.audit(login, ip, outcome, false);
+      if (outcome.reason === 'ok') this.throttle.succeeded(login, ip, now);
+      else if (!outcome.granted && !outcome.unavailable && countsAsGuess(outcome)) {
+        this.throttle.failed(login, ip, facts?.known ?? users.knows(login), facts?.usual ?? users.lastLoggedInFrom(login, ip), now);
+      }
       if (outcome.unavailable) unavailable(res);
       else if (!outcome.granted) challenge(res, config.realm, closeAfter);
-      else this.forward(req, res, live, credentials.login, peer, peerTrusted);
+      else this.forward(req, res, live, login, peer, peerTrusted);
     });
   }
 
@@ -210,7 +246,7 @@ export class Gateway {
     });
   }
 
-  private audit(login: string, ip: string, outcome: Outcome, logoutPath: boolean): void {
+  private audit(login: string, ip: string, outcome: Outcome, logoutPath: boolean, retryAfter?: number): void {
     // A linger is every page resource of a logged-in agent: debug level, built only when wanted.
     if (outcome.reason === 'linger' && !this.log.isLevelEnabled('debug')) return;
     const entry = {
@@ -219,6 +255,7 @@ export class Gateway {
       ...(outcome.counted ? { counted: true } : {}),
       ...(logoutPath ? { path: 'logout' } : {}),
       ...(outcome.unavailable ? { unavailable: true } : {}),
+      ...(retryAfter !== undefined ? { retryAfter } : {}),
     };
     if (outcome.reason === 'linger') this.log.debug(entry, 'login lingering');
     else this.log.info(entry, `login ${entry.result}: ${outcome.reason}`);

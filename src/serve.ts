@@ -21,6 +21,7 @@ export function policyOf(config: Config): Policy {
   return {
     maxOffset: config.maxOffset, maxLinger: config.maxLinger, maxIdle: config.maxIdle,
     logoutOnIpChange: config.logoutOnIpChange, maxFailures: config.maxFailures, lockoutSeconds: config.lockoutSeconds,
+    maxLockoutSeconds: config.maxLockoutSeconds, permanentLockAfter: config.permanentLockAfter,
   };
 }
 
@@ -66,11 +67,11 @@ export interface Running {
   stop(): Promise<void>;
 }
 
-/** Start the gateway for a validated config. */
-export async function start(config: Config, log: Logger, reread?: () => Config): Promise<Running> {
-  const users = openUsersFile(config, log);
+/** Start the gateway for a validated config. `clock` (epoch seconds) is for tests. */
+export async function start(config: Config, log: Logger, reread?: () => Config, options: { clock?: () => number } = {}): Promise<Running> {
+  const users = openUsersFile(config, log, options);
   await users.removeStaleTemp().catch((err: Error) => log.warn({ event: 'stale_temp' }, err.message));
-  const gateway = new Gateway(config, users, log);
+  const gateway = new Gateway(config, users, log, options.clock);
   let address: AddressInfo;
   try {
     address = await gateway.listen();
@@ -106,7 +107,7 @@ export async function start(config: Config, log: Logger, reread?: () => Config):
       let nextUsers = running.users;
       try {
         if (next.usersFile !== current.usersFile) {
-          nextUsers = openUsersFile(next, log);
+          nextUsers = openUsersFile(next, log, options);
           await nextUsers.removeStaleTemp();
         } else {
           await running.users.reload();

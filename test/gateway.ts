@@ -65,6 +65,8 @@ interface GwOptions {
   backend?: (req: IncomingMessage, res: ServerResponse, body: Buffer) => void;
   /** upstream URL instead of the recording backend's */
   upstream?: string;
+  /** epoch seconds, for the gateway and its users file */
+  clock?: () => number;
 }
 
 /** YAML text, one `key: value` line per key (JSON scalars and flow collections are YAML). */
@@ -81,7 +83,7 @@ async function gateway(t: Test, opts: GwOptions = {}): Promise<Gw> {
   }), 'test.yaml', dir);
   if (!result.ok) throw new Error(result.errors.join('\n'));
   const logs = memoryLogger('debug');
-  const running = await start(result.config, logs.log);
+  const running = await start(result.config, logs.log, undefined, opts.clock ? { clock: opts.clock } : {});
   t.teardown(() => running.stop());
   return { running, port: running.address.port, dir, usersPath, backend, logs };
 }
@@ -745,6 +747,81 @@ t.test('healthPath', async (t) => {
   t.ok(await eventually(() => gw.running.users.usable, 2000), 'users file usable again');
   t.equal((await request(gw.port, { path: '/otpgate/health' })).status, 200, 'back to 200');
   t.equal(gw.backend.seen.length, 0, 'the backend saw none of it');
+});
+
+t.test('brute force: throttled with 429 before any credential check', async (t) => {
+  const clock = { now: 1_800_000_000 };
+  const throttleConfig = { trustedProxies: ['127.0.0.1'], maxLinger: 0 };
+  const from = (ip: string, login: string, password: string): Promise<Reply> =>
+    request(gw.port, { auth: [login, password], headers: { 'X-Forwarded-For': ip } });
+  const gw = await gateway(t, { clock: () => clock.now, config: { ...throttleConfig, maxFailures: 0 } });
+
+  t.test('one IP guessing: five free failures, then growing waits; a wait says when to try again', async (t) => {
+    const statuses: number[] = [];
+    for (let i = 0; i < 6; i++) statuses.push((await from('192.0.2.10', 'alice', `${PIN.alice}${wrongCode('alice')}`)).status);
+    t.same(statuses, [401, 401, 401, 401, 401, 401], 'six checked and refused');
+    const held = await from('192.0.2.10', 'alice', alicePw(0));
+    t.equal(held.status, 429, 'the seventh waits, even with the right password');
+    t.equal(held.headers['retry-after'], '1');
+    t.match(held.headers['content-type'], /^text\/html/);
+    t.equal(held.headers['cache-control'], 'no-store');
+    t.equal(held.headers['www-authenticate'], undefined, 'no prompt: the page is shown');
+    t.match(held.text, /Too many failed logins[\s\S]*1 seconds/);
+    t.equal(counterOf(gw.usersPath, 'alice'), 0, 'the right code was not even checked: not consumed');
+    t.equal(gw.backend.seen.length, 0, 'the backend saw nothing');
+    clock.now += 1;
+    t.equal((await from('192.0.2.10', 'alice', alicePw(0))).status, 200, 'after the wait the right password logs in');
+    t.equal(counterOf(gw.usersPath, 'alice'), 1);
+    const audit = auditEvents(gw.logs).find((e) => e.reason === 'throttled');
+    t.match(audit, { user: 'alice', ip: '192.0.2.10', result: 'denied', retryAfter: 1 });
+  });
+
+  t.test('an unknown login gets exactly the same answers', async (t) => {
+    const answers = async (login: string, ip: string): Promise<string[]> => {
+      const out: string[] = [];
+      for (let i = 0; i < 8; i++) {
+        const r = await from(ip, login, `${PIN.wrong}123456`);
+        out.push(`${r.status} ${r.headers['retry-after'] ?? '-'} ${r.text.length}`);
+      }
+      return out;
+    };
+    t.same(await answers('nobody-here', '192.0.2.20'), await answers('bob', '192.0.2.21'));
+  });
+});
+
+t.test('lockout-DoS: failures from elsewhere do not keep the owner out from its usual IP', async (t) => {
+  const clock = { now: 1_800_000_000 };
+  const gw = await gateway(t, { clock: () => clock.now, config: { trustedProxies: ['127.0.0.1'], maxLinger: 0 } });
+  const from = (ip: string, password: string): Promise<Reply> =>
+    request(gw.port, { auth: ['alice', password], headers: { 'X-Forwarded-For': ip } });
+  t.equal((await from('198.51.100.7', alicePw(0))).status, 200, 'the owner logs in from its office');
+  // An attacker elsewhere: the lock (maxFailures 5) and the throttle hold it up.
+  const attacker: number[] = [];
+  for (let i = 0; i < 12; i++) {
+    attacker.push((await from('192.0.2.66', `${PIN.wrong}${wrongCode('alice')}`)).status);
+    clock.now += 1;
+  }
+  t.ok(attacker.every((s) => s === 401 || s === 429), `the attacker gets nowhere (${attacker.join(' ')})`);
+  t.ok(attacker.includes(429), 'and is throttled');
+  const elsewhere = await from('203.0.113.9', alicePw(1));
+  t.ok(elsewhere.status === 401 || elsewhere.status === 429, `from a new IP, even the right code is refused (${elsewhere.status})`);
+  t.equal(counterOf(gw.usersPath, 'alice'), 1, 'and not consumed');
+  t.equal((await from('198.51.100.7', alicePw(1))).status, 200, 'from its usual IP the owner logs in at once');
+  t.equal(counterOf(gw.usersPath, 'alice'), 2);
+});
+
+t.test('an office behind one NAT address: logged-in agents keep working when its IP is throttled', async (t) => {
+  const clock = { now: 1_800_000_000 };
+  const gw = await gateway(t, { clock: () => clock.now, config: { trustedProxies: ['127.0.0.1'] } });
+  const nat = { 'X-Forwarded-For': '203.0.113.5' };
+  const bobPw = code('bob', 0);
+  t.equal((await request(gw.port, { auth: ['bob', bobPw], headers: nat })).status, 200, 'bob logs in');
+  for (let i = 0; i < 60; i++) await request(gw.port, { auth: [`typo${i}`, '000000'], headers: nat });
+  const fresh = await request(gw.port, { auth: ['alice', alicePw(0)], headers: nat });
+  t.equal(fresh.status, 429, 'after 60 failures from the address, a fresh login from it waits');
+  const lingering = await request(gw.port, { auth: ['bob', bobPw], headers: nat });
+  t.equal(lingering.status, 200, 'bob\'s session goes on');
+  t.equal(gw.backend.seen.at(-1)?.headers['remote-user'], 'bob');
 });
 
 t.test('logoutPath', async (t) => {

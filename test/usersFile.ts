@@ -8,7 +8,7 @@ import { formatLocalTime } from '../src/localTime.js';
 import { memoryLogger, rfcHotp, rfcTotp, tempDir, writeFile600 } from './lib/harness.js';
 
 const KEY = '3132333435363738393031323334353637383930';
-const policy: Policy = { maxOffset: 4, maxLinger: 600, logoutOnIpChange: false, maxFailures: 5, lockoutSeconds: 300 };
+const policy: Policy = { maxOffset: 4, maxLinger: 600, logoutOnIpChange: false, maxFailures: 5, lockoutSeconds: 300, maxLockoutSeconds: 0, permanentLockAfter: 0 };
 
 interface Setup {
   users: UsersFile;
@@ -88,10 +88,10 @@ t.test('failures are counted exactly under concurrency, in the file where the la
   const { users, path } = setup(t, `HOTP carol 1 ${KEY} 0 0\nHOTP dave 1 ${KEY} 0\n`, { policy: { ...policy, maxFailures: 0 } });
   const wrong = await Promise.all(Array.from({ length: 40 }, () => users.authenticate('carol', '1000000', '10.0.0.1')));
   t.ok(wrong.every((o) => !o.granted && o.reason === 'bad_otp' && o.counted));
-  await users.reload(); // refusals are answered before their count is written: wait for the write
+  await users.flush(); // refusals are answered before their count is written: wait for the write
   t.same(fieldsOf(path, 'carol').slice(4), ['0', '40'], 'mod_authn_otp layout: 6 fields, failure count exact');
   await Promise.all(Array.from({ length: 7 }, () => users.authenticate('dave', '1000000', '10.0.0.1')));
-  await users.reload();
+  await users.flush();
   t.same(fieldsOf(path, 'dave'), ['HOTP', 'dave', '1', KEY, '0'], 'pam_oath layout has no failure field: the file is left alone');
   t.match(await users.authenticate('carol', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true });
   t.equal(fieldsOf(path, 'carol')[5], '0', 'success resets the count');
