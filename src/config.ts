@@ -29,6 +29,32 @@ const throttle = z.strictObject({
   maxEntries: z.number().int().min(1000).max(10_000_000).default(100_000),
 }).prefault({});
 
+const headerName = z.string().refine(isValidHeaderName, 'expected an HTTP header name')
+  .refine((h) => !UNFIT_FOR_IDENTITY.has(normalizedHeaderName(h)), 'this header cannot carry the identity');
+
+// Added to every answer; '' leaves one out. HSTS only when serving TLS.
+const securityHeaders = z.strictObject({
+  strictTransportSecurity: z.string().default('max-age=31536000'),
+  contentTypeOptions: z.enum(['nosniff', '']).default('nosniff'),
+  referrerPolicy: z.string().default('same-origin'),
+}).prefault({});
+
+// Attributes added to the backend's Set-Cookie where it left them out.
+const cookies = z.strictObject({
+  secure: z.union([z.boolean(), z.literal('auto')]).default('auto'),
+  httpOnly: z.boolean().default(false),
+  sameSite: z.enum(['Strict', 'Lax', 'None']).optional(),
+}).prefault({});
+
+const identityAssertion = z.strictObject({
+  header: headerName.default('X-Otpgate-Assertion'),
+  algorithm: z.enum(['EdDSA', 'HS256']),
+  keyFile: path,
+  audience: z.string().min(1, 'expected the audience the backend checks, e.g. helpdesk'),
+  issuer: z.string().min(1).default('otpgate'),
+  ttlSeconds: seconds(1).max(3600).default(60),
+}).optional();
+
 const schema = z.strictObject({
   listen: z.string().default('127.0.0.1:8080'),
   upstream: z.string({ error: 'required: the backend base URL, e.g. http://127.0.0.1:8081' }),
@@ -41,9 +67,7 @@ const schema = z.strictObject({
   maxFailures: z.number().int('expected a whole number').min(0).default(5),
   lockoutSeconds: seconds(0).default(300),
   upstreamTimeout: z.number().positive().max(86400).default(60),
-  identityHeader: z.string().refine(isValidHeaderName, 'expected an HTTP header name')
-    .refine((h) => !UNFIT_FOR_IDENTITY.has(normalizedHeaderName(h)), 'this header cannot carry the identity')
-    .default('Remote-User'),
+  identityHeader: headerName.default('Remote-User'),
   logoutPath: urlPath.default('/otpgate/logout'),
   healthPath: urlPath.default('/otpgate/health'),
   tls: z.strictObject({ cert: path, key: path }).optional(),
@@ -57,6 +81,9 @@ const schema = z.strictObject({
   maxLockoutSeconds: seconds(0).default(3600),
   permanentLockAfter: count.default(100),
   throttle,
+  securityHeaders,
+  cookies,
+  identityAssertion,
 });
 
 type Raw = z.infer<typeof schema>;
@@ -151,6 +178,9 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
   }
   if (raw.usersFile === undefined) errors.push(`${source}: usersFile: required: the path of the OTP users file`);
   if (raw.logoutPath === raw.healthPath) errors.push(`${source}: logoutPath: must differ from healthPath`);
+  if (raw.identityAssertion && normalizedHeaderName(raw.identityAssertion.header) === normalizedHeaderName(raw.identityHeader)) {
+    errors.push(`${source}: identityAssertion.header: must differ from identityHeader`);
+  }
   const trusted = parseTrusted(raw.trustedProxies, errors, source);
   if (errors.length > 0 || !listen || !upstream || raw.usersFile === undefined) return { ok: false, errors };
   const config: Config = {
@@ -159,6 +189,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     upstream,
     usersFile: resolve(baseDir, raw.usersFile),
     tls: raw.tls ? { cert: resolve(baseDir, raw.tls.cert), key: resolve(baseDir, raw.tls.key) } : undefined,
+    identityAssertion: raw.identityAssertion ? { ...raw.identityAssertion, keyFile: resolve(baseDir, raw.identityAssertion.keyFile) } : undefined,
     trustedProxies: raw.trustedProxies,
     trusted,
     source,

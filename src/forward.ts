@@ -5,7 +5,7 @@
 // libraries").
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { Client, Pool, type Dispatcher } from 'undici';
-import { downstreamHeaders } from './headers.js';
+import { downstreamHeaders, type CookiePolicy } from './headers.js';
 
 /** The backend did not answer within upstreamTimeout. */
 export class UpstreamTimeout extends Error {
@@ -57,7 +57,7 @@ const STALE_CONNECTION = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE']);
  */
 export function forward(
   req: IncomingMessage, res: ServerResponse, headers: OutgoingHttpHeaders, upstream: Upstream,
-  clientOrigin: string, failed: (err: Error) => void,
+  clientOrigin: string, failed: (err: Error) => void, cookies?: CookiePolicy,
 ): void {
   const body = hasBody(req);
   const options: Dispatcher.DispatchOptions = {
@@ -83,7 +83,7 @@ export function forward(
       onResponseStart(_c, statusCode, responseHeaders, statusMessage) {
         if (statusCode < 200) return; // 1xx: Node answers the client's Expect itself
         started = true;
-        res.writeHead(statusCode, statusMessage, downstreamHeaders(responseHeaders, upstream.url, clientOrigin));
+        res.writeHead(statusCode, statusMessage, downstreamHeaders(responseHeaders, upstream.url, clientOrigin, cookies));
       },
       onResponseData(c, chunk) {
         if (!res.write(chunk)) {

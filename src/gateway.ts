@@ -14,6 +14,7 @@ import { forward, upstreamPool, UpstreamTimeout, type Upstream } from './forward
 import { clientAddress, isTrusted, normalizedHeaderName, plainAddress, upstreamHeaders } from './headers.js';
 import { badGateway, badRequest, challenge, gatewayTimeout, json, rawStatus, throttled, unavailable } from './responses.js';
 import { Throttle, type ThrottlePolicy } from './throttle.js';
+import { assertionSigner, type Signer } from './assertion.js';
 import type { Outcome, UsersFile } from './usersFile.js';
 import { VERSION } from './logger.js';
 
@@ -22,6 +23,20 @@ interface Live {
   readonly users: UsersFile;
   readonly identity: string;
   readonly upstream: Upstream;
+  /** securityHeaders, as set on every answer */
+  readonly securityHeaders: readonly (readonly [string, string])[];
+  /** the signed identity assertion, when configured: its header (normalised) and signer */
+  readonly assertion?: { readonly header: string; readonly normalized: string; readonly sign: Signer } | undefined;
+}
+
+/** The configured security headers that apply (HSTS only over TLS). */
+export function securityHeadersOf(config: Config): [string, string][] {
+  const { strictTransportSecurity, contentTypeOptions, referrerPolicy } = config.securityHeaders;
+  const out: [string, string][] = [];
+  if (config.tls && strictTransportSecurity !== '') out.push(['Strict-Transport-Security', strictTransportSecurity]);
+  if (contentTypeOptions !== '') out.push(['X-Content-Type-Options', contentTypeOptions]);
+  if (referrerPolicy !== '') out.push(['Referrer-Policy', referrerPolicy]);
+  return out;
 }
 
 /** The path part of a request target (no query). */
@@ -116,11 +131,17 @@ export class Gateway {
   }
 
   private liveFor(config: Config, users: UsersFile): Live {
+    const assertion = config.identityAssertion;
     return {
       config, users, identity: normalizedHeaderName(config.identityHeader),
       upstream: {
         url: config.upstream, pool: this.poolFor(config.upstream), timeoutMs: config.upstreamTimeout * 1000,
       },
+      securityHeaders: securityHeadersOf(config),
+      // Loads the key: a bad one fails the start, or the reload (keeping the running one).
+      assertion: assertion
+        ? { header: assertion.header, normalized: normalizedHeaderName(assertion.header), sign: assertionSigner(assertion) }
+        : undefined,
     };
   }
 
@@ -145,6 +166,7 @@ export class Gateway {
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const live = this.live;
     const { config } = live;
+    for (const [name, value] of live.securityHeaders) res.setHeader(name, value);
     if (malformedRequest(req)) {
       badRequest(res);
       return;
@@ -215,13 +237,29 @@ export class Gateway {
 
   private forward(req: IncomingMessage, res: ServerResponse, live: Live, login: string, peer: string, peerTrusted: boolean): void {
     if (res.destroyed) return; // the client left while its login was being recorded
-    const proto = live.config.tls ? 'https' : 'http';
+    const { config, assertion } = live;
     const headers = upstreamHeaders(req.headers, {
-      identity: live.identity, identityHeader: live.config.identityHeader, login, peer, peerTrusted, proto,
+      identity: live.identity, identityHeader: config.identityHeader, login, peer, peerTrusted,
+      proto: config.tls ? 'https' : 'http', assertion: assertion?.normalized,
     });
     const host = headers['x-forwarded-host'];
-    const clientOrigin = `${String(headers['x-forwarded-proto'])}://${typeof host === 'string' ? host : ''}`;
-    forward(req, res, headers, live.upstream, clientOrigin, (err) => this.upstreamFailed(err, res));
+    const scheme = String(headers['x-forwarded-proto']);
+    const clientOrigin = `${scheme}://${typeof host === 'string' ? host : ''}`;
+    const { secure, httpOnly, sameSite } = config.cookies;
+    const addSecure = secure === 'auto' ? scheme === 'https' : secure;
+    const cookies = addSecure || httpOnly || sameSite !== undefined ? { secure: addSecure, httpOnly, sameSite } : undefined;
+    const send = (): void => forward(req, res, headers, live.upstream, clientOrigin, (err) => this.upstreamFailed(err, res), cookies);
+    if (!assertion) {
+      send();
+      return;
+    }
+    assertion.sign(login, this.clock()).then((jwt) => {
+      headers[assertion.header] = jwt;
+      send();
+    }, (err: Error) => {
+      this.log.error({ event: 'internal_error', err: err.message }, 'could not sign the identity assertion');
+      unavailable(res);
+    });
   }
 
   private upstreamFailed(err: Error, res: ServerResponse): void {

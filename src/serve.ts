@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { loadConfig, type Config } from './config.js';
 import type { Policy } from './decision.js';
+import { AssertionKeyError, assertionSigner } from './assertion.js';
 import { Gateway } from './gateway.js';
 import { createLogger, VERSION } from './logger.js';
 import { UsersFile, UsersFileError, permissionProblem } from './usersFile.js';
@@ -71,7 +72,14 @@ export interface Running {
 export async function start(config: Config, log: Logger, reread?: () => Config, options: { clock?: () => number } = {}): Promise<Running> {
   const users = openUsersFile(config, log, options);
   await users.removeStaleTemp().catch((err: Error) => log.warn({ event: 'stale_temp' }, err.message));
-  const gateway = new Gateway(config, users, log, options.clock);
+  let gateway: Gateway;
+  try {
+    gateway = new Gateway(config, users, log, options.clock);
+  } catch (err) {
+    await users.close();
+    if (err instanceof AssertionKeyError) throw new CliError(err.message, 2);
+    throw err;
+  }
   let address: AddressInfo;
   try {
     address = await gateway.listen();
@@ -174,6 +182,13 @@ export function checkConfig(configFile: string): { ok: boolean; lines: string[] 
       readFileSync(file);
     } catch (err) {
       problems.push(`${file}: cannot read TLS file (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+    }
+  }
+  if (config.identityAssertion) {
+    try {
+      assertionSigner(config.identityAssertion);
+    } catch (err) {
+      problems.push((err as Error).message);
     }
   }
   let summary = '';

@@ -3,8 +3,8 @@
 // wherever Node's own client would normalise or refuse what a hostile client sends.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { readFileSync, rmSync } from 'node:fs';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import {
   Agent, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse,
 } from 'node:http';
@@ -12,6 +12,7 @@ import { request as httpsRequest } from 'node:https';
 import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
+import { errors, jwtVerify } from 'jose';
 import { parseConfig } from '../src/config.js';
 import { start, type Running } from '../src/serve.js';
 import {
@@ -824,6 +825,57 @@ t.test('an office behind one NAT address: logged-in agents keep working when its
   t.equal(gw.backend.seen.at(-1)?.headers['remote-user'], 'bob');
 });
 
+t.test('security headers on every answer; cookie hardening per config', async (t) => {
+  const gw = await gateway(t, {
+    config: { cookies: { httpOnly: true, sameSite: 'Lax' } },
+    backend: (req, res) => {
+      if (req.url === '/own-policy') res.writeHead(200, { 'Referrer-Policy': 'no-referrer' }).end('ok');
+      else res.writeHead(200, { 'Set-Cookie': ['a=1; path=/', 'b=2; HttpOnly; SameSite=Strict'] }).end('ok');
+    },
+  });
+  const prompt = await request(gw.port);
+  t.equal(prompt.headers['x-content-type-options'], 'nosniff');
+  t.equal(prompt.headers['referrer-policy'], 'same-origin');
+  t.match(prompt.headers['content-security-policy'], /default-src 'none'.*frame-ancestors 'none'/, 'the gateway\'s own pages: a strict CSP');
+  t.equal(prompt.headers['strict-transport-security'], undefined, 'no HSTS without TLS');
+  const bad = await raw(gw.port, head('GET http://evil/ HTTP/1.1', 'Host: h', 'Connection: close'));
+  t.equal(bad.status, 400);
+  t.match(bad.head, /\r\nX-Content-Type-Options: nosniff/i, 'also on a 400');
+  const health = await request(gw.port, { path: '/otpgate/health' });
+  t.equal(health.headers['x-content-type-options'], 'nosniff', 'and on the health answer');
+  const ok = await request(gw.port, { auth: ['alice', alicePw(0)] });
+  t.equal(ok.headers['x-content-type-options'], 'nosniff', 'proxied answers get them too');
+  t.equal(ok.headers['content-security-policy'], undefined, 'but not the gateway\'s CSP: the helpdesk\'s pages need their own');
+  t.same(ok.headers['set-cookie'], ['a=1; path=/; HttpOnly; SameSite=Lax', 'b=2; HttpOnly; SameSite=Strict']);
+  const own = await request(gw.port, { path: '/own-policy', auth: ['alice', alicePw(0)] });
+  t.equal(own.headers['referrer-policy'], 'no-referrer', 'the backend\'s own value wins');
+});
+
+t.test('signed identity assertion: the backend can verify who passed the gateway', async (t) => {
+  const dir = tempDir(t);
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const keyFile = join(dir, 'assertion-key.pem');
+  writeFileSync(keyFile, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+  const clock = { now: 1_800_000_000 };
+  const gw = await gateway(t, {
+    clock: () => clock.now,
+    config: { identityAssertion: { algorithm: 'EdDSA', keyFile, audience: 'znuny', ttlSeconds: 30 } },
+  });
+  const ok = await request(gw.port, {
+    auth: ['alice', alicePw(0)], headers: { 'X-Otpgate-Assertion': 'forged', 'x_otpgate_assertion': 'forged' },
+  });
+  t.equal(ok.status, 200);
+  const seen = gw.backend.seen[0] as Seen;
+  const assertions = seen.rawHeaders.filter((_, i) => i % 2 === 0 && /^x.otpgate.assertion$/i.test(seen.rawHeaders[i] as string));
+  t.equal(assertions.length, 1, 'one assertion: the client\'s are gone');
+  const jwt = seen.headers['x-otpgate-assertion'] as string;
+  const { payload } = await jwtVerify(jwt, publicKey, { audience: 'znuny', issuer: 'otpgate', currentDate: new Date(clock.now * 1000) });
+  t.match(payload, { sub: 'alice', iat: clock.now, exp: clock.now + 30 });
+  await t.rejects(jwtVerify(jwt, publicKey, { audience: 'znuny', currentDate: new Date((clock.now + 31) * 1000) }), errors.JWTExpired,
+    'a captured assertion expires');
+  t.notOk(gw.logs.lines.some((l) => JSON.stringify(l).includes(jwt)), 'never logged');
+});
+
 t.test('logoutPath', async (t) => {
   const gw = await gateway(t);
   const alice = ['alice', alicePw(0)] as [string, string];
@@ -955,7 +1007,7 @@ t.test('TLS: HTTPS to the client, X-Forwarded-Proto https to the backend', async
     config: { tls: { cert: join(certDir, 'cert.pem'), key: join(certDir, 'key.pem') } },
     backend: (req, res) => {
       if (req.url === '/redirect') res.writeHead(302, { Location: `http://127.0.0.1:${gw.backend.port}/x` }).end();
-      else res.end('ok');
+      else res.writeHead(200, { 'Set-Cookie': 'OTRSAgentInterface=s3ss10n; path=/otrs/' }).end('ok');
     },
   });
   const get = (path: string, auth?: string): Promise<Reply> => new Promise((resolve, reject) => {
@@ -973,11 +1025,15 @@ t.test('TLS: HTTPS to the client, X-Forwarded-Proto https to the backend', async
     req.on('error', reject);
     req.end();
   });
-  assertChallenge(t, await get('/'), 'https without credentials');
+  const prompt = await get('/');
+  assertChallenge(t, prompt, 'https without credentials');
+  t.equal(prompt.headers['strict-transport-security'], 'max-age=31536000', 'HSTS over TLS, on the gateway\'s own pages');
   const auth = basic('alice', alicePw(0));
   const ok = await get('/', auth);
   t.equal(ok.status, 200);
   t.equal(ok.text, 'ok');
+  t.equal(ok.headers['strict-transport-security'], 'max-age=31536000', 'and on the backend\'s answers');
+  t.same(ok.headers['set-cookie'], ['OTRSAgentInterface=s3ss10n; path=/otrs/; Secure'], 'the helpdesk\'s cookie gets Secure over TLS');
   t.equal((gw.backend.seen[0] as Seen).headers['x-forwarded-proto'], 'https');
   const redirect = await get('/redirect', auth);
   t.equal(redirect.headers.location, `https://127.0.0.1:${gw.port}/x`, 'redirect rewritten to the https origin');
