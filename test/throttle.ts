@@ -2,6 +2,7 @@
 // rule against lockout-DoS, forgetting, bounded memory, and the guess bound
 // SECURITY.md states, simulated at full attack speed with an injected clock.
 import t from 'tap';
+import { decide, type Policy, type TokenState } from '../src/decision.js';
 import { Throttle, waitAfter, type ThrottlePolicy, type ThrottleRule } from '../src/throttle.js';
 
 // The defaults of config.ts.
@@ -107,4 +108,35 @@ t.test('guesses per account at full attack speed are bounded (the figures SECURI
   t.equal(oneIpFirstHour, 18, 'one IP: 18 guesses in the first hour');
   t.equal(manyIpsFirstHour, 18, 'a botnet, a new IP per guess: the same 18 (the account counts them all)');
   t.equal(manyIpsDay, 110, '110 in the first day: after the first hour, 4 an hour');
+});
+
+t.test('with the users file\'s lock on top (defaults), fewer still: 7 in the first hour, 31 in a day', async (t) => {
+  const lockPolicy: Policy = {
+    maxOffset: 4, maxLinger: 600, logoutOnIpChange: false,
+    maxFailures: 5, lockoutSeconds: 300, maxLockoutSeconds: 3600, permanentLockAfter: 100,
+  };
+  const th = new Throttle({ ...policy, maxEntries: 1_000_000 });
+  let line: TokenState = {
+    spec: { type: { algorithm: 'HOTP', stepSeconds: 0, digits: 6 }, pin: '-', key: new Uint8Array(20), liboathLayout: false },
+    counter: 0, failures: 0,
+  };
+  let now = T0;
+  let checked = 0;
+  const after: Record<string, number> = {};
+  for (let n = 0; now < T0 + 86400; n++) {
+    const ip = `10.${(n >> 16) & 255}.${(n >> 8) & 255}.${n & 255}`;
+    const wait = th.wait('alice', ip, true, false, now);
+    if (wait > 0) {
+      now += wait;
+      continue;
+    }
+    const verdict = decide([line], { password: '123456', ip, now }, lockPolicy);
+    if (verdict.reason !== 'locked') checked++;
+    line = verdict.changes.get(0) ?? line;
+    th.failed('alice', ip, true, false, now);
+    if (now < T0 + 3600) after.hour = checked;
+    now += 0.01;
+  }
+  t.equal(after.hour, 7, '7 guesses checked in the first hour');
+  t.equal(checked, 31, '31 in the first day');
 });
