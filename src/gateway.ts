@@ -12,7 +12,9 @@ import type { Config } from './config.js';
 import type { Pool } from 'undici';
 import { forward, upstreamPool, UpstreamTimeout, type Upstream } from './forward.js';
 import { clientAddress, isTrusted, normalizedHeaderName, plainAddress, upstreamHeaders } from './headers.js';
-import { badGateway, badRequest, challenge, gatewayTimeout, json, rawStatus, throttled, unavailable } from './responses.js';
+import {
+  badGateway, badRequest, challenge, gatewayTimeout, headersTooLarge, json, rawStatus, throttled, unavailable,
+} from './responses.js';
 import { Throttle, type ThrottlePolicy } from './throttle.js';
 import { assertionSigner, type Signer } from './assertion.js';
 import type { Outcome, UsersFile } from './usersFile.js';
@@ -62,6 +64,16 @@ export function malformedRequest(req: IncomingMessage): boolean {
   return hosts !== 1;
 }
 
+/**
+ * Header fields a request may carry: Apache's default LimitRequestFields, which
+ * the gateway replaces in front of the helpdesk. Node keeps the first 2000 fields
+ * by default and silently drops the rest, so a second Host, an Upgrade or a
+ * Transfer-Encoding behind 2000 padding fields went unseen by the checks here
+ * (and such a request was forwarded). Node now keeps one field more than allowed,
+ * and a request that has it is refused.
+ */
+export const MAX_HEADER_FIELDS = 100;
+
 /** A request whose body the gateway will not read: close the connection after answering. */
 const hasUnreadBody = (req: IncomingMessage): boolean =>
   !req.complete && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0);
@@ -105,6 +117,7 @@ export class Gateway {
     this.server = config.tls
       ? createHttpsServer({ ...timeouts, cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) }, handler)
       : createHttpServer(timeouts, handler);
+    this.server.maxHeadersCount = MAX_HEADER_FIELDS + 1;
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.clientError(err, socket));
     // No tunnels: an Upgrade handshake or a CONNECT never reaches the backend.
     const refuseTunnel = (_req: IncomingMessage, socket: Duplex): void => {
@@ -172,6 +185,10 @@ export class Gateway {
     const live = this.live;
     const { config } = live;
     for (const [name, value] of live.securityHeaders) res.setHeader(name, value);
+    if (req.rawHeaders.length > 2 * MAX_HEADER_FIELDS) {
+      headersTooLarge(res);
+      return;
+    }
     if (malformedRequest(req)) {
       badRequest(res);
       return;

@@ -54,6 +54,12 @@ export function badRequest(res: ServerResponse, headers: Record<string, string> 
   send(res, 400, page('Bad request', '<p>The gateway could not understand this request.</p>'), { Connection: 'close', ...headers });
 }
 
+/** 431: more header fields than the gateway reads (see MAX_HEADER_FIELDS in gateway.ts). */
+export function headersTooLarge(res: ServerResponse): void {
+  send(res, 431, page('Request header fields too large', '<p>This request carries more header fields than the gateway accepts.</p>'),
+    { Connection: 'close' });
+}
+
 export function unavailable(res: ServerResponse): void {
   send(res, 503, page('Login temporarily unavailable',
     '<p>The gateway cannot check logins right now. Please try again in a minute.</p>'), { 'Retry-After': '30' });
