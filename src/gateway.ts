@@ -48,11 +48,15 @@ export function pathOf(url: string): string {
 }
 
 /**
- * Requests the gateway refuses before looking at credentials: a target that is
- * not origin-form (absolute-form, CONNECT, `*`), two Host headers, or an attempt
- * to switch protocols (no tunnels through the gateway).
+ * Requests the gateway refuses before looking at credentials: a version other
+ * than HTTP/1.0 or 1.1, a target that is not origin-form (absolute-form, CONNECT,
+ * `*`), two Host headers, or an attempt to switch protocols (no tunnels through
+ * the gateway).
  */
 export function malformedRequest(req: IncomingMessage): boolean {
+  // Node's parser also takes "HTTP/0.9" (with headers) and "HTTP/2.0" in a request
+  // line; both were forwarded (as HTTP/1.1). No real client sends either.
+  if (req.httpVersionMajor !== 1) return true;
   const url = req.url ?? '';
   if (!url.startsWith('/') || url.startsWith('//')) return true;
   if (req.headers.upgrade !== undefined || req.method === 'CONNECT') return true;
