@@ -60,6 +60,11 @@ export function malformedRequest(req: IncomingMessage): boolean {
   const url = req.url ?? '';
   if (!url.startsWith('/') || url.startsWith('//')) return true;
   if (req.headers.upgrade !== undefined || req.method === 'CONNECT') return true;
+  // Node decodes only "chunked": for "gzip, chunked" it removes the chunking and
+  // the gateway forwarded the still-gzipped bytes as a plain body, its coding
+  // lost on the way (Node itself refuses codings after chunked, and identity).
+  const te = req.headers['transfer-encoding'];
+  if (te !== undefined && te.trim().toLowerCase() !== 'chunked') return true;
   let hosts = 0;
   const raw = req.rawHeaders;
   for (let i = 0; i < raw.length; i += 2) {
