@@ -65,12 +65,17 @@ export function malformedRequest(req: IncomingMessage): boolean {
   // lost on the way (Node itself refuses codings after chunked, and identity).
   const te = req.headers['transfer-encoding'];
   if (te !== undefined && te.trim().toLowerCase() !== 'chunked') return true;
+  // Node keeps the first of two Authorization headers and ignores the second:
+  // credentials that two parsers can read differently are refused, like two Hosts.
   let hosts = 0;
+  let authorizations = 0;
   const raw = req.rawHeaders;
   for (let i = 0; i < raw.length; i += 2) {
-    if ((raw[i] as string).length === 4 && (raw[i] as string).toLowerCase() === 'host') hosts++;
+    const name = raw[i] as string;
+    if (name.length === 4 && name.toLowerCase() === 'host') hosts++;
+    else if (name.length === 13 && name.toLowerCase() === 'authorization') authorizations++;
   }
-  return hosts !== 1;
+  return hosts !== 1 || authorizations > 1;
 }
 
 /**
