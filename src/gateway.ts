@@ -50,8 +50,9 @@ export function pathOf(url: string): string {
 /**
  * Requests the gateway refuses before looking at credentials: a version other
  * than HTTP/1.0 or 1.1, a target that is not origin-form (absolute-form, CONNECT,
- * `*`), two Host headers, or an attempt to switch protocols (no tunnels through
- * the gateway).
+ * `*`), an attempt to switch protocols (no tunnels through the gateway), a
+ * transfer coding other than chunked, a missing, repeated or invalid Host, or
+ * two Authorization headers.
  */
 export function malformedRequest(req: IncomingMessage): boolean {
   // Node's parser also takes "HTTP/0.9" (with headers) and "HTTP/2.0" in a request
@@ -75,8 +76,15 @@ export function malformedRequest(req: IncomingMessage): boolean {
     if (name.length === 4 && name.toLowerCase() === 'host') hosts++;
     else if (name.length === 13 && name.toLowerCase() === 'authorization') authorizations++;
   }
-  return hosts !== 1 || authorizations > 1;
+  if (hosts !== 1 || authorizations > 1) return true;
+  // RFC 9112 section 3.2: a Host with an invalid value gets 400. It used to pass
+  // ("Host: u@h", "Host: evil/x", an empty one) to the backend and, as
+  // X-Forwarded-Host, into the redirects the gateway rewrites.
+  return !HOST.test(req.headers.host ?? '');
 }
+
+/** RFC 3986 host (reg-name or IP literal) and optional port: a Host header value. */
+const HOST = /^(?:\[[0-9A-Za-z:.%]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?$/;
 
 /**
  * Header fields a request may carry: Apache's default LimitRequestFields, which
