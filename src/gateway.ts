@@ -348,10 +348,21 @@ export class Gateway {
       socket.destroy();
       return;
     }
+    this.log.debug({ event: 'client_error', code: err.code, ip: plainAddress((socket as Socket).remoteAddress) }, 'malformed request');
+    // An answer on this connection has already started: the handler refused the
+    // request before the parser hit the error further on (a second 400 followed the
+    // first), or a backend answer was streaming when the request body turned out
+    // malformed (a 400 status line landed inside the 200's body). Nothing more is
+    // written then; Node's default clientError handling checks the same field.
+    const inFlight = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
+    if (inFlight?.headersSent) {
+      if (inFlight.writableEnded) socket.end();
+      else socket.destroy();
+      return;
+    }
     const answer = err.code === 'HPE_HEADER_OVERFLOW' ? rawStatus(431, 'Request Header Fields Too Large')
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? rawStatus(408, 'Request Timeout')
         : rawStatus(400, 'Bad Request');
-    this.log.debug({ event: 'client_error', code: err.code, ip: plainAddress((socket as Socket).remoteAddress) }, 'malformed request');
     socket.end(answer);
   }
 }
