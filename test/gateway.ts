@@ -5,19 +5,14 @@ import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import {
-  Agent, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse,
-} from 'node:http';
+import { Agent, request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { connect as tlsConnect } from 'node:tls';
 import { errors, jwtVerify } from 'jose';
-import { parseConfig } from '../src/config.js';
-import { start, type Running } from '../src/serve.js';
-import {
-  basic, memoryLogger, request, rfcHotp, startBackend, tempDir, writeFile600, type Reply, type Seen,
-} from './lib/harness.js';
+import { basic, request, rfcHotp, tempDir, writeFile600, type Reply, type Seen } from './lib/harness.js';
+import { identityHeaders, startGateway, type Gw, type GwOptions } from './lib/gateway.js';
+import { head, raw } from './lib/raw.js';
 
 // the last overload of t.test is (cb): its argument is a subtest
 type Test = Parameters<Parameters<typeof t.test>[0]>[0];
@@ -52,42 +47,8 @@ function wrongCode(user: keyof typeof KEYS): string {
   throw new Error('no wrong code found');
 }
 
-interface Gw {
-  running: Running;
-  port: number;
-  dir: string;
-  usersPath: string;
-  backend: Awaited<ReturnType<typeof startBackend>>;
-  logs: ReturnType<typeof memoryLogger>;
-}
-
-interface GwOptions {
-  config?: Record<string, unknown>;
-  backend?: (req: IncomingMessage, res: ServerResponse, body: Buffer) => void;
-  /** upstream URL instead of the recording backend's */
-  upstream?: string;
-  /** epoch seconds, for the gateway and its users file */
-  clock?: () => number;
-}
-
-/** YAML text, one `key: value` line per key (JSON scalars and flow collections are YAML). */
-const yamlOf = (o: Record<string, unknown>): string =>
-  Object.entries(o).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join('\n') + '\n';
-
-async function gateway(t: Test, opts: GwOptions = {}): Promise<Gw> {
-  const dir = tempDir(t);
-  const usersPath = writeFile600(join(dir, 'otp-users'), USERS);
-  const backend = await startBackend(t, opts.backend);
-  const result = parseConfig(yamlOf({
-    listen: '127.0.0.1:0', upstream: opts.upstream ?? backend.url, usersFile: 'otp-users', realm: REALM, logLevel: 'debug',
-    ...opts.config,
-  }), 'test.yaml', dir);
-  if (!result.ok) throw new Error(result.errors.join('\n'));
-  const logs = memoryLogger('debug');
-  const running = await start(result.config, logs.log, undefined, opts.clock ? { clock: opts.clock } : {});
-  t.teardown(() => running.stop());
-  return { running, port: running.address.port, dir, usersPath, backend, logs };
-}
+const gateway = (t: Test, opts: GwOptions = {}): Promise<Gw> =>
+  startGateway(t, USERS, { ...opts, config: { realm: REALM, ...opts.config } });
 
 /** Field 5 (the counter) of a user's line in the users file as it is on disk. */
 function fileFields(path: string, login: string): string[] {
@@ -99,15 +60,6 @@ const counterOf = (path: string, login: string): number => Number(fileFields(pat
 
 const auditEvents = (logs: Gw['logs']): Record<string, unknown>[] => logs.lines.filter((l) => l.event === 'auth');
 
-const identityHeaders = (s: Seen): string[][] => {
-  const found: string[][] = [];
-  for (let i = 0; i < s.rawHeaders.length; i += 2) {
-    const name = s.rawHeaders[i] as string;
-    if (name.toLowerCase().replace(/[-_.]/g, '') === 'remoteuser') found.push([name, s.rawHeaders[i + 1] as string]);
-  }
-  return found;
-};
-
 const CHALLENGE = new RegExp(`^Basic realm="${REALM}"(, charset="UTF-8")?$`);
 
 function assertChallenge(t: Test, r: Reply, what: string): void {
@@ -115,47 +67,6 @@ function assertChallenge(t: Test, r: Reply, what: string): void {
   t.match(r.headers['www-authenticate'] ?? '', CHALLENGE, `${what}: Basic challenge with the realm`);
   t.equal(r.headers['cache-control'], 'no-store', `${what}: not cached`);
 }
-
-interface RawReply {
-  status: number;
-  head: string;
-  body: Buffer;
-  /** the connection ended by itself (not cut by the helper's own deadline) */
-  closed: boolean;
-}
-
-/**
- * Send bytes on a fresh connection and read until the peer closes (or `waitMs`
- * passes: then `closed` is false). The request should carry `Connection: close`.
- */
-function raw(port: number, data: string | Buffer, waitMs = 2000, tls = false): Promise<RawReply> {
-  return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    const socket: Socket = tls
-      ? tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false })
-      : connect({ host: '127.0.0.1', port });
-    let done = false;
-    const finish = (closed: boolean): void => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      socket.destroy();
-      const all = Buffer.concat(chunks);
-      const split = all.indexOf('\r\n\r\n');
-      const head = (split === -1 ? all : all.subarray(0, split)).toString('latin1');
-      const m = /^HTTP\/1\.[01] (\d{3})/.exec(head);
-      resolve({ status: m ? Number(m[1]) : 0, head, body: split === -1 ? Buffer.alloc(0) : all.subarray(split + 4), closed });
-    };
-    const timer = setTimeout(() => finish(false), waitMs);
-    socket.on('data', (c: Buffer) => chunks.push(c));
-    socket.on('error', () => finish(true));
-    socket.on('close', () => finish(true));
-    socket.write(data);
-  });
-}
-
-/** A raw request head: lines joined with CRLF, with the blank line that ends it. */
-const head = (...lines: string[]): string => `${lines.join('\r\n')}\r\n\r\n`;
 
 interface CallOptions {
   method?: string;
