@@ -141,6 +141,9 @@ export class Gateway {
       : createHttpServer(timeouts, handler);
     this.server.maxHeadersCount = MAX_HEADER_FIELDS + 1;
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.clientError(err, socket));
+    // Node would answer `Expect: 100-continue` at once, inviting anyone to upload
+    // before being authenticated; the gateway invites only a granted request.
+    this.server.on('checkContinue', handler);
     // No tunnels: an Upgrade handshake or a CONNECT never reaches the backend.
     const refuseTunnel = (_req: IncomingMessage, socket: Duplex): void => {
       socket.end(rawStatus(400, 'Bad Request'));
@@ -281,6 +284,7 @@ export class Gateway {
 
   private forward(req: IncomingMessage, res: ServerResponse, live: Live, login: string, peer: string, peerTrusted: boolean): void {
     if (res.destroyed) return; // the client left while its login was being recorded
+    if (req.headers.expect !== undefined && /^\s*100-continue\s*$/i.test(req.headers.expect)) res.writeContinue();
     const { config, assertion } = live;
     const headers = upstreamHeaders(req.headers, {
       identity: live.identity, identityHeader: config.identityHeader, login, peer, peerTrusted,

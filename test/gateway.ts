@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { errors, jwtVerify } from 'jose';
 import { basic, request, rfcHotp, tempDir, writeFile600, type Reply, type Seen } from './lib/harness.js';
 import { identityHeaders, startGateway, type Gw, type GwOptions } from './lib/gateway.js';
-import { head, raw } from './lib/raw.js';
+import { head, raw, type RawReply } from './lib/raw.js';
 
 // the last overload of t.test is (cb): its argument is a subtest
 type Test = Parameters<Parameters<typeof t.test>[0]>[0];
@@ -734,6 +734,18 @@ t.test('an office behind one NAT address: logged-in agents keep working when its
   const lingering = await request(gw.port, { auth: ['bob', bobPw], headers: nat });
   t.equal(lingering.status, 200, 'bob\'s session goes on');
   t.equal(gw.backend.seen.at(-1)?.headers['remote-user'], 'bob');
+});
+
+t.test('Expect: 100-continue: only a granted request is invited to send its body', async (t) => {
+  const gw = await gateway(t, { backend: (_req, res, body) => res.end(`got ${body.length}`) });
+  const ask = (auth: string): Promise<RawReply> => raw(gw.port, head('POST /upload HTTP/1.1', 'Host: h', `Authorization: ${auth}`,
+    'Expect: 100-continue', 'Content-Length: 5', 'Connection: close') + 'hello');
+  const refused = await ask(basic('alice', `${PIN.wrong}123456`));
+  t.same(refused.statuses, [401], 'refused without a 100 first');
+  const granted = await ask(basic('alice', alicePw(0)));
+  t.same(granted.statuses, [100, 200], '100 Continue, then the answer');
+  t.match(granted.body.toString(), /got 5$/);
+  t.equal(gw.backend.seen[0]?.headers.expect, undefined, 'the backend is not asked to continue: the body is on its way');
 });
 
 t.test('security headers on every answer; cookie hardening per config', async (t) => {

@@ -217,7 +217,7 @@ const corpus = (backendPort: number): Case[] => [
   ['request target over 16 KiB', 431, asAlice(`GET /${'a'.repeat(17 * 1024)} HTTP/1.1`)],
   ['100 KiB request target', 431, asAlice(`GET /${'a'.repeat(100 * 1024)} HTTP/1.1`)],
   ['1 GB Content-Length, no credentials, no body', 401, head('POST / HTTP/1.1', HOST, 'Content-Length: 1000000000')],
-  ['Expect: 100-continue without credentials', [100, 401], head('POST / HTTP/1.1', HOST, 'Expect: 100-continue', 'Content-Length: 5')],
+  ['Expect: 100-continue without credentials: no invitation to upload', 401, head('POST / HTTP/1.1', HOST, 'Expect: 100-continue', 'Content-Length: 5')],
   ['unknown Expect', 417, post(['Expect: bogus', 'Content-Length: 5'], 'hello')],
 
   // Requests that never finish their head: 408 after headersTimeout (1 s here).
