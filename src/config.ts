@@ -84,6 +84,8 @@ const schema = z.strictObject({
   securityHeaders,
   cookies,
   identityAssertion,
+  // The request line and headers together (Node's maxHeaderSize); more gets 431.
+  maxHeaderBytes: z.number().int('expected a whole number').min(4096).max(1024 * 1024).default(16 * 1024),
 });
 
 type Raw = z.infer<typeof schema>;

@@ -132,8 +132,8 @@ export class Gateway {
       // 30 s longer than configured (headersTimeout 1 answered 408 after ~30 s).
       // Checked every second, a timeout takes effect within a second of its value.
       connectionsCheckingInterval: 1000,
-      // One header section is enough for Basic auth and a helpdesk's cookies.
-      maxHeaderSize: 16 * 1024,
+      // 16 KiB by default: enough for Basic auth and a helpdesk's cookies.
+      maxHeaderSize: config.maxHeaderBytes,
     };
     const handler = (req: IncomingMessage, res: ServerResponse): void => this.handle(req, res);
     this.server = config.tls

@@ -107,7 +107,7 @@ export async function start(config: Config, log: Logger, reread?: () => Config, 
         log.error({ event: 'reload_failed' }, 'reload failed: keeping the running configuration');
         return false;
       }
-      for (const key of ['listen', 'headersTimeout', 'requestTimeout', 'keepAliveTimeout'] as const) {
+      for (const key of ['listen', 'headersTimeout', 'requestTimeout', 'keepAliveTimeout', 'maxHeaderBytes'] as const) {
         if (JSON.stringify(next[key]) !== JSON.stringify(current[key])) {
           log.warn({ event: 'reload', key }, `${key} changed: takes effect after a restart`);
         }

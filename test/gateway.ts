@@ -978,3 +978,14 @@ t.test('server timeouts follow the config', async (t) => {
   t.equal(defaults.running.gateway.server.requestTimeout, 300_000, 'default requestTimeout');
   t.equal(defaults.running.gateway.server.keepAliveTimeout, 5000, 'default keepAliveTimeout');
 });
+
+t.test('maxHeaderBytes: a head over the configured size gets 431 and reaches nobody', async (t) => {
+  const gw = await gateway(t, { config: { maxHeaderBytes: 4096 } });
+  const auth = `Authorization: ${basic('alice', alicePw(0))}`;
+  const big = await raw(gw.port, head(`GET /${'a'.repeat(5000)} HTTP/1.1`, 'Host: h', auth, 'Connection: close'));
+  t.equal(big.status, 431, 'a 5 KB URL over a 4 KiB limit');
+  const bigHeader = await raw(gw.port, head('GET / HTTP/1.1', 'Host: h', auth, `X-Pad: ${'b'.repeat(5000)}`, 'Connection: close'));
+  t.equal(bigHeader.status, 431, 'a 5 KB header');
+  t.equal(gw.backend.seen.length, 0);
+  t.equal((await request(gw.port, { path: `/${'c'.repeat(3000)}`, auth: ['alice', alicePw(0)] })).status, 200, 'under the limit: through');
+});
