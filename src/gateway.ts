@@ -209,18 +209,17 @@ export class Gateway {
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const live = this.live;
     const { config } = live;
-    for (const [name, value] of live.securityHeaders) res.setHeader(name, value);
     if (req.rawHeaders.length > 2 * MAX_HEADER_FIELDS) {
-      headersTooLarge(res);
+      headersTooLarge(this.own(res, live));
       return;
     }
     if (malformedRequest(req)) {
-      badRequest(res);
+      badRequest(this.own(res, live));
       return;
     }
     const path = pathOf(req.url as string);
     if (path === config.healthPath) {
-      this.health(res, live);
+      this.health(this.own(res, live), live);
       return;
     }
     const peer = plainAddress(req.socket.remoteAddress);
@@ -230,17 +229,17 @@ export class Gateway {
     const closeAfter: Record<string, string> = hasUnreadBody(req) ? { Connection: 'close' } : {};
     if (path === config.logoutPath) {
       if (!credentials) {
-        challenge(res, config.realm, closeAfter);
+        challenge(this.own(res, live), config.realm, closeAfter);
         return;
       }
       this.settle(live.users.authenticate(credentials.login, credentials.password, ip, true), (outcome) => {
         this.audit(credentials.login, ip, outcome, true);
-        challenge(res, config.realm, closeAfter);
+        challenge(this.own(res, live), config.realm, closeAfter);
       });
       return;
     }
     if (!credentials) {
-      challenge(res, config.realm, closeAfter);
+      challenge(this.own(res, live), config.realm, closeAfter);
       return;
     }
     const { login, password } = credentials;
@@ -256,7 +255,7 @@ export class Gateway {
       // lingering password would go unthrottled.
       if (wait > 0 && !(users.ridesLinger(login, password, ip) && this.throttle.wait(login, ip, facts.known, facts.usual, now, false) === 0)) {
         this.audit(login, ip, { granted: false, reason: 'throttled' }, false, wait);
-        throttled(res, wait, closeAfter);
+        throttled(this.own(res, live), wait, closeAfter);
         return;
       }
     }
@@ -266,8 +265,8 @@ export class Gateway {
       else if (!outcome.granted && !outcome.unavailable && countsAsGuess(outcome)) {
         this.throttle.failed(login, ip, facts?.known ?? users.knows(login), facts?.usual ?? users.lastLoggedInFrom(login, ip), now);
       }
-      if (outcome.unavailable) unavailable(res);
-      else if (!outcome.granted) challenge(res, config.realm, closeAfter);
+      if (outcome.unavailable) unavailable(this.own(res, live));
+      else if (!outcome.granted) challenge(this.own(res, live), config.realm, closeAfter);
       else this.forward(req, res, live, login, peer, peerTrusted);
     });
   }
@@ -296,7 +295,9 @@ export class Gateway {
     const { secure, httpOnly, sameSite } = config.cookies;
     const addSecure = secure === 'auto' ? scheme === 'https' : secure;
     const cookies = addSecure || httpOnly || sameSite !== undefined ? { secure: addSecure, httpOnly, sameSite } : undefined;
-    const send = (): void => forward(req, res, headers, live.upstream, clientOrigin, (err) => this.upstreamFailed(err, res), cookies);
+    const send = (): void => forward(req, res, headers, live.upstream, clientOrigin, (err) => this.upstreamFailed(err, res, live), {
+      cookies, extra: live.securityHeaders,
+    });
     if (!assertion) {
       send();
       return;
@@ -306,17 +307,27 @@ export class Gateway {
       send();
     }, (err: Error) => {
       this.log.error({ event: 'internal_error', err: err.message }, 'could not sign the identity assertion');
-      unavailable(res);
+      unavailable(this.own(res, live));
     });
   }
 
-  private upstreamFailed(err: Error, res: ServerResponse): void {
+  /**
+   * The gateway's own answer: with the security headers. (Proxied answers get
+   * them in their writeHead: a setHeader before it would make Node merge every
+   * header of the backend's answer one by one.)
+   */
+  private own(res: ServerResponse, live: Live): ServerResponse {
+    for (const [name, value] of live.securityHeaders) res.setHeader(name, value);
+    return res;
+  }
+
+  private upstreamFailed(err: Error, res: ServerResponse, live: Live): void {
     const timedOut = err instanceof UpstreamTimeout;
     this.log.warn({ event: timedOut ? 'upstream_timeout' : 'upstream_error', code: (err as NodeJS.ErrnoException).code,
       err: err.message }, timedOut ? 'backend did not answer in time' : 'backend unreachable');
     if (res.headersSent) res.destroy();
-    else if (timedOut) gatewayTimeout(res);
-    else badGateway(res);
+    else if (timedOut) gatewayTimeout(this.own(res, live));
+    else badGateway(this.own(res, live));
   }
 
   private health(res: ServerResponse, live: Live): void {

@@ -102,6 +102,7 @@ function connectionNamed(value: string | string[] | undefined): ReadonlySet<stri
  */
 export function downstreamHeaders(
   incoming: IncomingHttpHeaders, upstream: URL, clientOrigin: string, cookies?: CookiePolicy,
+  extra: readonly (readonly [string, string])[] = [],
 ): OutgoingHttpHeaders {
   const named = connectionNamed(incoming.connection);
   const out: OutgoingHttpHeaders = {};
@@ -111,6 +112,8 @@ export function downstreamHeaders(
     out[name] = name === 'location' && typeof value === 'string' ? rewriteLocation(value, upstream, clientOrigin)
       : name === 'set-cookie' && cookies !== undefined ? [value].flat().map((c) => hardenCookie(c, cookies)) : value;
   }
+  // Added where the backend set none of its own (its policy for its pages wins).
+  for (const [name, value] of extra) if (incoming[name.toLowerCase()] === undefined) out[name] = value;
   return out;
 }
 
