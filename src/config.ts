@@ -11,6 +11,50 @@ const seconds = (min: number) => z.number({ error: 'expected a number of seconds
 const path = z.string({ error: 'expected a file path' }).min(1, 'expected a file path');
 const urlPath = z.string().regex(/^\/[!-~]*$/, 'expected a path starting with "/" (printable ASCII, no spaces)');
 
+const count = z.number().int('expected a whole number').min(0, 'expected 0 or more');
+
+/** One throttle rule (see throttle.ts): `free` failures, then waits doubling from baseSeconds to maxSeconds. */
+const rule = (free: number, quietSeconds: number) => z.strictObject({
+  free: count.default(free),
+  baseSeconds: z.number().positive().max(86400).default(1),
+  maxSeconds: seconds(1).max(86400).default(900),
+  quietSeconds: seconds(1).default(quietSeconds),
+}).prefault({});
+
+const throttle = z.strictObject({
+  pair: rule(5, 3600),
+  account: rule(5, 3600),
+  ip: rule(50, 300),
+  usualIpDays: z.number().min(0).max(3650).default(30),
+  maxEntries: z.number().int().min(1000).max(10_000_000).default(100_000),
+}).prefault({});
+
+const headerName = z.string().refine(isValidHeaderName, 'expected an HTTP header name')
+  .refine((h) => !UNFIT_FOR_IDENTITY.has(normalizedHeaderName(h)), 'this header cannot carry the identity');
+
+// Added to every answer; '' leaves one out. HSTS only when serving TLS.
+const securityHeaders = z.strictObject({
+  strictTransportSecurity: z.string().default('max-age=31536000'),
+  contentTypeOptions: z.enum(['nosniff', '']).default('nosniff'),
+  referrerPolicy: z.string().default('same-origin'),
+}).prefault({});
+
+// Attributes added to the backend's Set-Cookie where it left them out.
+const cookies = z.strictObject({
+  secure: z.union([z.boolean(), z.literal('auto')]).default('auto'),
+  httpOnly: z.boolean().default(false),
+  sameSite: z.enum(['Strict', 'Lax', 'None']).optional(),
+}).prefault({});
+
+const identityAssertion = z.strictObject({
+  header: headerName.default('X-Otpgate-Assertion'),
+  algorithm: z.enum(['EdDSA', 'HS256']),
+  keyFile: path,
+  audience: z.string().min(1, 'expected the audience the backend checks, e.g. helpdesk'),
+  issuer: z.string().min(1).default('otpgate'),
+  ttlSeconds: seconds(1).max(3600).default(60),
+}).optional();
+
 const schema = z.strictObject({
   listen: z.string().default('127.0.0.1:8080'),
   upstream: z.string({ error: 'required: the backend base URL, e.g. http://127.0.0.1:8081' }),
@@ -23,9 +67,7 @@ const schema = z.strictObject({
   maxFailures: z.number().int('expected a whole number').min(0).default(5),
   lockoutSeconds: seconds(0).default(300),
   upstreamTimeout: z.number().positive().max(86400).default(60),
-  identityHeader: z.string().refine(isValidHeaderName, 'expected an HTTP header name')
-    .refine((h) => !UNFIT_FOR_IDENTITY.has(normalizedHeaderName(h)), 'this header cannot carry the identity')
-    .default('Remote-User'),
+  identityHeader: headerName.default('Remote-User'),
   logoutPath: urlPath.default('/otpgate/logout'),
   healthPath: urlPath.default('/otpgate/health'),
   tls: z.strictObject({ cert: path, key: path }).optional(),
@@ -38,6 +80,14 @@ const schema = z.strictObject({
   headersTimeout: seconds(1).default(20),
   requestTimeout: seconds(0).default(300),
   keepAliveTimeout: seconds(0).default(5),
+  maxLockoutSeconds: seconds(0).default(3600),
+  permanentLockAfter: count.default(100),
+  throttle,
+  securityHeaders,
+  cookies,
+  identityAssertion,
+  // The request line and headers together (Node's maxHeaderSize); more gets 431.
+  maxHeaderBytes: z.number().int('expected a whole number').min(4096).max(1024 * 1024).default(16 * 1024),
 });
 
 type Raw = z.infer<typeof schema>;
@@ -132,6 +182,9 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
   }
   if (raw.usersFile === undefined) errors.push(`${source}: usersFile: required: the path of the OTP users file`);
   if (raw.logoutPath === raw.healthPath) errors.push(`${source}: logoutPath: must differ from healthPath`);
+  if (raw.identityAssertion && normalizedHeaderName(raw.identityAssertion.header) === normalizedHeaderName(raw.identityHeader)) {
+    errors.push(`${source}: identityAssertion.header: must differ from identityHeader`);
+  }
   const trusted = parseTrusted(raw.trustedProxies, errors, source);
   if (errors.length > 0 || !listen || !upstream || raw.usersFile === undefined) return { ok: false, errors };
   const config: Config = {
@@ -140,6 +193,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     upstream,
     usersFile: resolve(baseDir, raw.usersFile),
     tls: raw.tls ? { cert: resolve(baseDir, raw.tls.cert), key: resolve(baseDir, raw.tls.key) } : undefined,
+    identityAssertion: raw.identityAssertion ? { ...raw.identityAssertion, keyFile: resolve(baseDir, raw.identityAssertion.keyFile) } : undefined,
     trustedProxies: raw.trustedProxies,
     trusted,
     source,

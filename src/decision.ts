@@ -13,6 +13,10 @@ export interface Policy extends LingerPolicy {
   readonly maxFailures: number;
   /** seconds a lock lasts; 0 = until an admin clears the count */
   readonly lockoutSeconds: number;
+  /** each failure after a lock ended doubles the next lock, up to this (0: no growth) */
+  readonly maxLockoutSeconds: number;
+  /** consecutive failures after which a lock lasts until an admin clears it (0: never) */
+  readonly permanentLockAfter: number;
 }
 
 /** What the decision needs to know about one token line. */
@@ -55,6 +59,11 @@ export interface Attempt {
   readonly now: number;
   /** a request to the logout path: end the linger these credentials ride, grant nothing */
   readonly logout?: boolean;
+  /**
+   * the account logged in from this IP recently: a timed lock does not apply
+   * here, so failures from elsewhere cannot keep the owner out (lockout-DoS)
+   */
+  readonly usualIp?: boolean;
 }
 
 export interface Verdict {
@@ -68,11 +77,32 @@ export interface Verdict {
   readonly counted: boolean;
 }
 
-export function isLocked(s: TokenState, now: number, policy: Policy): boolean {
-  if (policy.maxFailures === 0 || s.failures < policy.maxFailures) return false;
+/**
+ * How long the lock that `failures` consecutive failures earn lasts: lockoutSeconds
+ * for the first, doubling with each failure after it (each can only come once the
+ * previous lock ended), up to maxLockoutSeconds. 0: until an admin clears the count.
+ */
+export function lockSeconds(failures: number, policy: Policy): number {
+  if (policy.lockoutSeconds === 0) return 0;
+  const cap = Math.max(policy.lockoutSeconds, policy.maxLockoutSeconds);
+  return Math.min(cap, policy.lockoutSeconds * 2 ** Math.max(0, failures - policy.maxFailures));
+}
+
+/** Is the line locked, and does the lock end by itself? */
+export function lockOf(s: TokenState, now: number, policy: Policy): 'none' | 'timed' | 'permanent' {
+  if (policy.maxFailures === 0 || s.failures < policy.maxFailures) return 'none';
+  if (policy.lockoutSeconds === 0 || (policy.permanentLockAfter > 0 && s.failures >= policy.permanentLockAfter)) return 'permanent';
   // Unknown start of a lock: fail closed (the caller records when it first saw it).
-  if (policy.lockoutSeconds === 0 || s.lockedAt === undefined) return true;
-  return now < s.lockedAt + policy.lockoutSeconds;
+  if (s.lockedAt === undefined) return 'timed';
+  return now < s.lockedAt + lockSeconds(s.failures, policy) ? 'timed' : 'none';
+}
+
+export const isLocked = (s: TokenState, now: number, policy: Policy): boolean => lockOf(s, now, policy) !== 'none';
+
+/** A lock that keeps this attempt out: a timed lock does not hold from the account's usual IP. */
+function locksOut(s: TokenState, attempt: Attempt, policy: Policy): boolean {
+  const lock = lockOf(s, attempt.now, policy);
+  return lock === 'permanent' || (lock === 'timed' && attempt.usualIp !== true);
 }
 
 // Hex strings rather than buffers: a buffer per request (its own ArrayBuffer)
@@ -177,7 +207,7 @@ export function decide(lines: readonly TokenState[], attempt: Attempt, policy: P
     (line === undefined ? { granted, reason, changes, counted } : { granted, reason, changes, counted, line });
   // The lines that may be tried (indexes into `lines`): a locked one is skipped.
   const open: number[] = [];
-  for (let i = 0; i < lines.length; i++) if (!isLocked(lines[i] as TokenState, attempt.now, policy)) open.push(i);
+  for (let i = 0; i < lines.length; i++) if (!locksOut(lines[i] as TokenState, attempt, policy)) open.push(i);
   if (open.length === 0) return verdict(false, 'locked');
 
   // mod_authn_otp: an empty password from the IP of the current linger logs out.
@@ -199,6 +229,8 @@ export function decide(lines: readonly TokenState[], attempt: Attempt, policy: P
     if (parts === undefined) continue; // too short to hold a code: not a guess
     if (!typedPinOk(s.spec, parts.pin)) {
       badPin = true;
+      // The same work as with the right PIN: the time taken tells nothing.
+      tryCode(s, parts.code, attempt, policy);
       continue;
     }
     if (s.lastOtp !== undefined && codesEqual(parts.code, s.lastOtp)) {

@@ -5,7 +5,7 @@
 // libraries").
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { Client, Pool, type Dispatcher } from 'undici';
-import { downstreamHeaders } from './headers.js';
+import { downstreamHeaders, type CookiePolicy } from './headers.js';
 
 /** The backend did not answer within upstreamTimeout. */
 export class UpstreamTimeout extends Error {
@@ -54,10 +54,12 @@ const STALE_CONNECTION = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE']);
  * (the caller answers 502/504) or after (the caller closes the connection).
  * `clientOrigin` is the origin the client used, for rewriting redirects.
  * A body without Content-Length goes on chunked (undici frames it), never raw.
+ * `answer`: cookie attributes to add, and headers the answer gets unless the backend set them.
  */
 export function forward(
   req: IncomingMessage, res: ServerResponse, headers: OutgoingHttpHeaders, upstream: Upstream,
   clientOrigin: string, failed: (err: Error) => void,
+  answer: { readonly cookies?: CookiePolicy | undefined; readonly extra?: readonly (readonly [string, string])[] } = {},
 ): void {
   const body = hasBody(req);
   const options: Dispatcher.DispatchOptions = {
@@ -83,7 +85,7 @@ export function forward(
       onResponseStart(_c, statusCode, responseHeaders, statusMessage) {
         if (statusCode < 200) return; // 1xx: Node answers the client's Expect itself
         started = true;
-        res.writeHead(statusCode, statusMessage, downstreamHeaders(responseHeaders, upstream.url, clientOrigin));
+        res.writeHead(statusCode, statusMessage, downstreamHeaders(responseHeaders, upstream.url, clientOrigin, answer.cookies, answer.extra));
       },
       onResponseData(c, chunk) {
         if (!res.write(chunk)) {

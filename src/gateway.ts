@@ -12,7 +12,11 @@ import type { Config } from './config.js';
 import type { Pool } from 'undici';
 import { forward, upstreamPool, UpstreamTimeout, type Upstream } from './forward.js';
 import { clientAddress, isTrusted, normalizedHeaderName, plainAddress, upstreamHeaders } from './headers.js';
-import { badGateway, badRequest, challenge, gatewayTimeout, json, rawStatus, unavailable } from './responses.js';
+import {
+  badGateway, badRequest, challenge, gatewayTimeout, headersTooLarge, json, rawStatus, throttled, unavailable,
+} from './responses.js';
+import { Throttle, type ThrottlePolicy } from './throttle.js';
+import { assertionSigner, type Signer } from './assertion.js';
 import type { Outcome, UsersFile } from './usersFile.js';
 import { VERSION } from './logger.js';
 
@@ -21,6 +25,20 @@ interface Live {
   readonly users: UsersFile;
   readonly identity: string;
   readonly upstream: Upstream;
+  /** securityHeaders, as set on every answer */
+  readonly securityHeaders: readonly (readonly [string, string])[];
+  /** the signed identity assertion, when configured: its header (normalised) and signer */
+  readonly assertion?: { readonly header: string; readonly normalized: string; readonly sign: Signer } | undefined;
+}
+
+/** The configured security headers that apply (HSTS only over TLS). */
+export function securityHeadersOf(config: Config): [string, string][] {
+  const { strictTransportSecurity, contentTypeOptions, referrerPolicy } = config.securityHeaders;
+  const out: [string, string][] = [];
+  if (config.tls && strictTransportSecurity !== '') out.push(['Strict-Transport-Security', strictTransportSecurity]);
+  if (contentTypeOptions !== '') out.push(['X-Content-Type-Options', contentTypeOptions]);
+  if (referrerPolicy !== '') out.push(['Referrer-Policy', referrerPolicy]);
+  return out;
 }
 
 /** The path part of a request target (no query). */
@@ -30,25 +48,65 @@ export function pathOf(url: string): string {
 }
 
 /**
- * Requests the gateway refuses before looking at credentials: a target that is
- * not origin-form (absolute-form, CONNECT, `*`), two Host headers, or an attempt
- * to switch protocols (no tunnels through the gateway).
+ * Requests the gateway refuses before looking at credentials: a version other
+ * than HTTP/1.0 or 1.1, a target that is not origin-form (absolute-form, CONNECT,
+ * `*`), an attempt to switch protocols (no tunnels through the gateway), a
+ * transfer coding other than chunked, a missing, repeated or invalid Host, or
+ * two Authorization headers.
  */
 export function malformedRequest(req: IncomingMessage): boolean {
+  // Node's parser also takes "HTTP/0.9" (with headers) and "HTTP/2.0" in a request
+  // line; both were forwarded (as HTTP/1.1). No real client sends either.
+  if (req.httpVersionMajor !== 1) return true;
   const url = req.url ?? '';
   if (!url.startsWith('/') || url.startsWith('//')) return true;
   if (req.headers.upgrade !== undefined || req.method === 'CONNECT') return true;
+  // Node decodes only "chunked": for "gzip, chunked" it removes the chunking and
+  // the gateway forwarded the still-gzipped bytes as a plain body, its coding
+  // lost on the way (Node itself refuses codings after chunked, and identity).
+  const te = req.headers['transfer-encoding'];
+  if (te !== undefined && te.trim().toLowerCase() !== 'chunked') return true;
+  // Node keeps the first of two Authorization headers and ignores the second:
+  // credentials that two parsers can read differently are refused, like two Hosts.
   let hosts = 0;
+  let authorizations = 0;
   const raw = req.rawHeaders;
   for (let i = 0; i < raw.length; i += 2) {
-    if ((raw[i] as string).length === 4 && (raw[i] as string).toLowerCase() === 'host') hosts++;
+    const name = raw[i] as string;
+    if (name.length === 4 && name.toLowerCase() === 'host') hosts++;
+    else if (name.length === 13 && name.toLowerCase() === 'authorization') authorizations++;
   }
-  return hosts !== 1;
+  if (hosts !== 1 || authorizations > 1) return true;
+  // RFC 9112 section 3.2: a Host with an invalid value gets 400. It used to pass
+  // ("Host: u@h", "Host: evil/x", an empty one) to the backend and, as
+  // X-Forwarded-Host, into the redirects the gateway rewrites.
+  return !HOST.test(req.headers.host ?? '');
 }
+
+/** RFC 3986 host (reg-name or IP literal) and optional port: a Host header value. */
+const HOST = /^(?:\[[0-9A-Za-z:.%]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?$/;
+
+/**
+ * Header fields a request may carry: Apache's default LimitRequestFields, which
+ * the gateway replaces in front of the helpdesk. Node keeps the first 2000 fields
+ * by default and silently drops the rest, so a second Host, an Upgrade or a
+ * Transfer-Encoding behind 2000 padding fields went unseen by the checks here
+ * (and such a request was forwarded). Node now keeps one field more than allowed,
+ * and a request that has it is refused.
+ */
+export const MAX_HEADER_FIELDS = 100;
 
 /** A request whose body the gateway will not read: close the connection after answering. */
 const hasUnreadBody = (req: IncomingMessage): boolean =>
   !req.complete && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0);
+
+/** Failures the throttle counts: wrong PINs and codes, unknown logins, attempts on a locked account (not a browser resending a used code). */
+const countsAsGuess = (o: Outcome): boolean => o.counted === true || o.reason === 'unknown_user' || o.reason === 'locked';
+
+export function throttlePolicyOf(config: Config): ThrottlePolicy {
+  const { pair, account, ip, usualIpDays, maxEntries } = config.throttle;
+  return { pair, account, ip, usualIpSeconds: usualIpDays * 86400, maxEntries };
+}
 
 export class Gateway {
   readonly server: Server | HttpsServer;
@@ -56,22 +114,36 @@ export class Gateway {
   private readonly log: Logger;
   // Keep-alive pools to the backend, one per origin (a reload may switch it).
   private readonly pools = new Map<string, Pool>();
+  private readonly throttle: Throttle;
+  /** epoch seconds (injectable for tests) */
+  private readonly clock: () => number;
 
-  constructor(config: Config, users: UsersFile, log: Logger) {
+  constructor(config: Config, users: UsersFile, log: Logger, clock: () => number = () => Date.now() / 1000) {
     this.log = log;
+    this.clock = clock;
+    this.throttle = new Throttle(throttlePolicyOf(config));
     this.live = this.liveFor(config, users);
     const timeouts = {
       headersTimeout: config.headersTimeout * 1000,
       requestTimeout: config.requestTimeout * 1000,
       keepAliveTimeout: config.keepAliveTimeout * 1000,
-      // One header section is enough for Basic auth and a helpdesk's cookies.
-      maxHeaderSize: 16 * 1024,
+      // Node checks headersTimeout and requestTimeout only every 30 s by default,
+      // so a client that never finishes its head held its connection for up to
+      // 30 s longer than configured (headersTimeout 1 answered 408 after ~30 s).
+      // Checked every second, a timeout takes effect within a second of its value.
+      connectionsCheckingInterval: 1000,
+      // 16 KiB by default: enough for Basic auth and a helpdesk's cookies.
+      maxHeaderSize: config.maxHeaderBytes,
     };
     const handler = (req: IncomingMessage, res: ServerResponse): void => this.handle(req, res);
     this.server = config.tls
       ? createHttpsServer({ ...timeouts, cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) }, handler)
       : createHttpServer(timeouts, handler);
+    this.server.maxHeadersCount = MAX_HEADER_FIELDS + 1;
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.clientError(err, socket));
+    // Node would answer `Expect: 100-continue` at once, inviting anyone to upload
+    // before being authenticated; the gateway invites only a granted request.
+    this.server.on('checkContinue', handler);
     // No tunnels: an Upgrade handshake or a CONNECT never reaches the backend.
     const refuseTunnel = (_req: IncomingMessage, socket: Duplex): void => {
       socket.end(rawStatus(400, 'Bad Request'));
@@ -97,15 +169,22 @@ export class Gateway {
     const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) } : undefined;
     const live = this.liveFor(config, users);
     if (tls && 'setSecureContext' in this.server) this.server.setSecureContext(tls);
+    this.throttle.setPolicy(throttlePolicyOf(config));
     this.live = live;
   }
 
   private liveFor(config: Config, users: UsersFile): Live {
+    const assertion = config.identityAssertion;
     return {
       config, users, identity: normalizedHeaderName(config.identityHeader),
       upstream: {
         url: config.upstream, pool: this.poolFor(config.upstream), timeoutMs: config.upstreamTimeout * 1000,
       },
+      securityHeaders: securityHeadersOf(config),
+      // Loads the key: a bad one fails the start, or the reload (keeping the running one).
+      assertion: assertion
+        ? { header: assertion.header, normalized: normalizedHeaderName(assertion.header), sign: assertionSigner(assertion) }
+        : undefined,
     };
   }
 
@@ -130,13 +209,17 @@ export class Gateway {
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const live = this.live;
     const { config } = live;
+    if (req.rawHeaders.length > 2 * MAX_HEADER_FIELDS) {
+      headersTooLarge(this.own(res, live));
+      return;
+    }
     if (malformedRequest(req)) {
-      badRequest(res);
+      badRequest(this.own(res, live));
       return;
     }
     const path = pathOf(req.url as string);
     if (path === config.healthPath) {
-      this.health(res, live);
+      this.health(this.own(res, live), live);
       return;
     }
     const peer = plainAddress(req.socket.remoteAddress);
@@ -146,24 +229,45 @@ export class Gateway {
     const closeAfter: Record<string, string> = hasUnreadBody(req) ? { Connection: 'close' } : {};
     if (path === config.logoutPath) {
       if (!credentials) {
-        challenge(res, config.realm, closeAfter);
+        challenge(this.own(res, live), config.realm, closeAfter);
         return;
       }
       this.settle(live.users.authenticate(credentials.login, credentials.password, ip, true), (outcome) => {
         this.audit(credentials.login, ip, outcome, true);
-        challenge(res, config.realm, closeAfter);
+        challenge(this.own(res, live), config.realm, closeAfter);
       });
       return;
     }
     if (!credentials) {
-      challenge(res, config.realm, closeAfter);
+      challenge(this.own(res, live), config.realm, closeAfter);
       return;
     }
-    this.settle(live.users.authenticate(credentials.login, credentials.password, ip), (outcome) => {
-      this.audit(credentials.login, ip, outcome, false);
-      if (outcome.unavailable) unavailable(res);
-      else if (!outcome.granted) challenge(res, config.realm, closeAfter);
-      else this.forward(req, res, live, credentials.login, peer, peerTrusted);
+    const { login, password } = credentials;
+    const { users } = live;
+    const now = this.clock();
+    // Only once something failed is there anything to look up (the common case costs nothing).
+    const facts = this.throttle.size === 0 ? undefined
+      : { known: users.knows(login), usual: this.throttle.isUsual(login, ip, now) || users.lastLoggedInFrom(login, ip) };
+    if (facts) {
+      const wait = this.throttle.wait(login, ip, facts.known, facts.usual, now);
+      // An agent's logged-in session is no guess: its IP's count (a busy office
+      // NAT) does not stop it. The account's and the pair's do, or guesses at a
+      // lingering password would go unthrottled.
+      if (wait > 0 && !(users.ridesLinger(login, password, ip) && this.throttle.wait(login, ip, facts.known, facts.usual, now, false) === 0)) {
+        this.audit(login, ip, { granted: false, reason: 'throttled' }, false, wait);
+        throttled(this.own(res, live), wait, closeAfter);
+        return;
+      }
+    }
+    this.settle(users.authenticate(login, password, ip, false, facts?.usual ?? false), (outcome) => {
+      this.audit(login, ip, outcome, false);
+      if (outcome.reason === 'ok') this.throttle.succeeded(login, ip, now);
+      else if (!outcome.granted && !outcome.unavailable && countsAsGuess(outcome)) {
+        this.throttle.failed(login, ip, facts?.known ?? users.knows(login), facts?.usual ?? users.lastLoggedInFrom(login, ip), now);
+      }
+      if (outcome.unavailable) unavailable(this.own(res, live));
+      else if (!outcome.granted) challenge(this.own(res, live), config.realm, closeAfter);
+      else this.forward(req, res, live, login, peer, peerTrusted);
     });
   }
 
@@ -179,22 +283,51 @@ export class Gateway {
 
   private forward(req: IncomingMessage, res: ServerResponse, live: Live, login: string, peer: string, peerTrusted: boolean): void {
     if (res.destroyed) return; // the client left while its login was being recorded
-    const proto = live.config.tls ? 'https' : 'http';
+    if (req.headers.expect !== undefined && /^\s*100-continue\s*$/i.test(req.headers.expect)) res.writeContinue();
+    const { config, assertion } = live;
     const headers = upstreamHeaders(req.headers, {
-      identity: live.identity, identityHeader: live.config.identityHeader, login, peer, peerTrusted, proto,
+      identity: live.identity, identityHeader: config.identityHeader, login, peer, peerTrusted,
+      proto: config.tls ? 'https' : 'http', assertion: assertion?.normalized,
     });
     const host = headers['x-forwarded-host'];
-    const clientOrigin = `${String(headers['x-forwarded-proto'])}://${typeof host === 'string' ? host : ''}`;
-    forward(req, res, headers, live.upstream, clientOrigin, (err) => this.upstreamFailed(err, res));
+    const scheme = String(headers['x-forwarded-proto']);
+    const clientOrigin = `${scheme}://${typeof host === 'string' ? host : ''}`;
+    const { secure, httpOnly, sameSite } = config.cookies;
+    const addSecure = secure === 'auto' ? scheme === 'https' : secure;
+    const cookies = addSecure || httpOnly || sameSite !== undefined ? { secure: addSecure, httpOnly, sameSite } : undefined;
+    const send = (): void => forward(req, res, headers, live.upstream, clientOrigin, (err) => this.upstreamFailed(err, res, live), {
+      cookies, extra: live.securityHeaders,
+    });
+    if (!assertion) {
+      send();
+      return;
+    }
+    assertion.sign(login, this.clock()).then((jwt) => {
+      headers[assertion.header] = jwt;
+      send();
+    }, (err: Error) => {
+      this.log.error({ event: 'internal_error', err: err.message }, 'could not sign the identity assertion');
+      unavailable(this.own(res, live));
+    });
   }
 
-  private upstreamFailed(err: Error, res: ServerResponse): void {
+  /**
+   * The gateway's own answer: with the security headers. (Proxied answers get
+   * them in their writeHead: a setHeader before it would make Node merge every
+   * header of the backend's answer one by one.)
+   */
+  private own(res: ServerResponse, live: Live): ServerResponse {
+    for (const [name, value] of live.securityHeaders) res.setHeader(name, value);
+    return res;
+  }
+
+  private upstreamFailed(err: Error, res: ServerResponse, live: Live): void {
     const timedOut = err instanceof UpstreamTimeout;
     this.log.warn({ event: timedOut ? 'upstream_timeout' : 'upstream_error', code: (err as NodeJS.ErrnoException).code,
       err: err.message }, timedOut ? 'backend did not answer in time' : 'backend unreachable');
     if (res.headersSent) res.destroy();
-    else if (timedOut) gatewayTimeout(res);
-    else badGateway(res);
+    else if (timedOut) gatewayTimeout(this.own(res, live));
+    else badGateway(this.own(res, live));
   }
 
   private health(res: ServerResponse, live: Live): void {
@@ -210,7 +343,7 @@ export class Gateway {
     });
   }
 
-  private audit(login: string, ip: string, outcome: Outcome, logoutPath: boolean): void {
+  private audit(login: string, ip: string, outcome: Outcome, logoutPath: boolean, retryAfter?: number): void {
     // A linger is every page resource of a logged-in agent: debug level, built only when wanted.
     if (outcome.reason === 'linger' && !this.log.isLevelEnabled('debug')) return;
     const entry = {
@@ -219,6 +352,7 @@ export class Gateway {
       ...(outcome.counted ? { counted: true } : {}),
       ...(logoutPath ? { path: 'logout' } : {}),
       ...(outcome.unavailable ? { unavailable: true } : {}),
+      ...(retryAfter !== undefined ? { retryAfter } : {}),
     };
     if (outcome.reason === 'linger') this.log.debug(entry, 'login lingering');
     else this.log.info(entry, `login ${entry.result}: ${outcome.reason}`);
@@ -229,10 +363,21 @@ export class Gateway {
       socket.destroy();
       return;
     }
+    this.log.debug({ event: 'client_error', code: err.code, ip: plainAddress((socket as Socket).remoteAddress) }, 'malformed request');
+    // An answer on this connection has already started: the handler refused the
+    // request before the parser hit the error further on (a second 400 followed the
+    // first), or a backend answer was streaming when the request body turned out
+    // malformed (a 400 status line landed inside the 200's body). Nothing more is
+    // written then; Node's default clientError handling checks the same field.
+    const inFlight = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
+    if (inFlight?.headersSent) {
+      if (inFlight.writableEnded) socket.end();
+      else socket.destroy();
+      return;
+    }
     const answer = err.code === 'HPE_HEADER_OVERFLOW' ? rawStatus(431, 'Request Header Fields Too Large')
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? rawStatus(408, 'Request Timeout')
         : rawStatus(400, 'Bad Request');
-    this.log.debug({ event: 'client_error', code: err.code, ip: plainAddress((socket as Socket).remoteAddress) }, 'malformed request');
     socket.end(answer);
   }
 }

@@ -38,6 +38,8 @@ export interface ForwardContext {
   readonly peerTrusted: boolean;
   /** the scheme the client used to reach the gateway */
   readonly proto: 'http' | 'https';
+  /** the normalised name of the signed-assertion header, stripped from the client's like the identity */
+  readonly assertion?: string | undefined;
 }
 
 const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
@@ -57,7 +59,7 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, ctx: ForwardConte
     if (value === undefined) continue;
     const norm = normalizedHeaderName(name);
     if (HOP_BY_HOP.has(name) || named.has(name) || name === 'authorization' || name === 'expect') continue;
-    if (norm === ctx.identity) continue;
+    if (norm === ctx.identity || norm === ctx.assertion) continue;
     if (FORWARDING.has(norm)) continue;
     out[name] = value;
   }
@@ -98,13 +100,41 @@ function connectionNamed(value: string | string[] | undefined): ReadonlySet<stri
  * client's (Node frames the client's answer itself); a redirect to the
  * backend's own origin becomes one to the origin the client used.
  */
-export function downstreamHeaders(incoming: IncomingHttpHeaders, upstream: URL, clientOrigin: string): OutgoingHttpHeaders {
+export function downstreamHeaders(
+  incoming: IncomingHttpHeaders, upstream: URL, clientOrigin: string, cookies?: CookiePolicy,
+  extra: readonly (readonly [string, string])[] = [],
+): OutgoingHttpHeaders {
   const named = connectionNamed(incoming.connection);
   const out: OutgoingHttpHeaders = {};
   for (const name in incoming) {
     const value = incoming[name];
     if (value === undefined || HOP_BY_HOP.has(name) || named.has(name)) continue;
-    out[name] = name === 'location' && typeof value === 'string' ? rewriteLocation(value, upstream, clientOrigin) : value;
+    out[name] = name === 'location' && typeof value === 'string' ? rewriteLocation(value, upstream, clientOrigin)
+      : name === 'set-cookie' && cookies !== undefined ? [value].flat().map((c) => hardenCookie(c, cookies)) : value;
+  }
+  // Added where the backend set none of its own (its policy for its pages wins).
+  for (const [name, value] of extra) if (incoming[name.toLowerCase()] === undefined) out[name] = value;
+  return out;
+}
+
+/** Attributes to add to the backend's cookies where it left them out (a helpdesk's own are often weak). */
+export interface CookiePolicy {
+  readonly secure: boolean;
+  readonly httpOnly: boolean;
+  /** added when the cookie names no SameSite of its own */
+  readonly sameSite?: 'Strict' | 'Lax' | 'None' | undefined;
+}
+
+/** A Set-Cookie value with the policy's attributes added where missing; attributes it has are kept. */
+export function hardenCookie(cookie: string, policy: CookiePolicy): string {
+  const attributes = new Set(cookie.split(';').slice(1).map((a) => (a.split('=')[0] ?? '').trim().toLowerCase()));
+  let out = cookie;
+  if (policy.secure && !attributes.has('secure')) out += '; Secure';
+  if (policy.httpOnly && !attributes.has('httponly')) out += '; HttpOnly';
+  if (policy.sameSite !== undefined && !attributes.has('samesite')) {
+    out += `; SameSite=${policy.sameSite}`;
+    // Browsers drop a SameSite=None cookie that is not Secure.
+    if (policy.sameSite === 'None' && !policy.secure && !attributes.has('secure')) out += '; Secure';
   }
   return out;
 }

@@ -39,8 +39,25 @@ export function challenge(res: ServerResponse, realm: string, headers: Record<st
   { 'WWW-Authenticate': `Basic realm="${realm}", charset="UTF-8"`, ...headers });
 }
 
+/** 429 while throttled: when to try again, nothing about the account. */
+export function throttled(res: ServerResponse, seconds: number, headers: Record<string, string> = {}): void {
+  const minutes = Math.ceil(seconds / 60);
+  const wait = seconds < 90 ? `${seconds} seconds` : `${minutes} minutes`;
+  send(res, 429, page('Too many failed logins',
+    `<p>Too many logins failed from here or for this user. Please wait <strong>${wait}</strong>, then try again ` +
+    'with your PIN followed directly by the current code.</p>' +
+    '<p>If you did not cause this, tell your helpdesk administrator.</p>'),
+  { 'Retry-After': String(seconds), ...headers });
+}
+
 export function badRequest(res: ServerResponse, headers: Record<string, string> = {}): void {
   send(res, 400, page('Bad request', '<p>The gateway could not understand this request.</p>'), { Connection: 'close', ...headers });
+}
+
+/** 431: more header fields than the gateway reads (see MAX_HEADER_FIELDS in gateway.ts). */
+export function headersTooLarge(res: ServerResponse): void {
+  send(res, 431, page('Request header fields too large', '<p>This request carries more header fields than the gateway accepts.</p>'),
+    { Connection: 'close' });
 }
 
 export function unavailable(res: ServerResponse): void {

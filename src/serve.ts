@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { loadConfig, type Config } from './config.js';
 import type { Policy } from './decision.js';
+import { AssertionKeyError, assertionSigner } from './assertion.js';
 import { Gateway } from './gateway.js';
 import { createLogger, VERSION } from './logger.js';
 import { UnsafeUsersFileError, UsersFile, UsersFileError, safetyProblems, type FileSafety } from './usersFile.js';
@@ -21,6 +22,7 @@ export function policyOf(config: Config): Policy {
   return {
     maxOffset: config.maxOffset, maxLinger: config.maxLinger, maxIdle: config.maxIdle,
     logoutOnIpChange: config.logoutOnIpChange, maxFailures: config.maxFailures, lockoutSeconds: config.lockoutSeconds,
+    maxLockoutSeconds: config.maxLockoutSeconds, permanentLockAfter: config.permanentLockAfter,
   };
 }
 
@@ -69,11 +71,18 @@ export interface Running {
   stop(): Promise<void>;
 }
 
-/** Start the gateway for a validated config. */
-export async function start(config: Config, log: Logger, reread?: () => Config): Promise<Running> {
-  const users = openUsersFile(config, log);
+/** Start the gateway for a validated config. `clock` (epoch seconds) is for tests. */
+export async function start(config: Config, log: Logger, reread?: () => Config, options: { clock?: () => number } = {}): Promise<Running> {
+  const users = openUsersFile(config, log, options);
   await users.removeStaleTemp().catch((err: Error) => log.warn({ event: 'stale_temp' }, err.message));
-  const gateway = new Gateway(config, users, log);
+  let gateway: Gateway;
+  try {
+    gateway = new Gateway(config, users, log, options.clock);
+  } catch (err) {
+    await users.close();
+    if (err instanceof AssertionKeyError) throw new CliError(err.message, 2);
+    throw err;
+  }
   let address: AddressInfo;
   try {
     address = await gateway.listen();
@@ -101,7 +110,7 @@ export async function start(config: Config, log: Logger, reread?: () => Config):
         log.error({ event: 'reload_failed' }, 'reload failed: keeping the running configuration');
         return false;
       }
-      for (const key of ['listen', 'headersTimeout', 'requestTimeout', 'keepAliveTimeout'] as const) {
+      for (const key of ['listen', 'headersTimeout', 'requestTimeout', 'keepAliveTimeout', 'maxHeaderBytes'] as const) {
         if (JSON.stringify(next[key]) !== JSON.stringify(current[key])) {
           log.warn({ event: 'reload', key }, `${key} changed: takes effect after a restart`);
         }
@@ -109,7 +118,7 @@ export async function start(config: Config, log: Logger, reread?: () => Config):
       let nextUsers = running.users;
       try {
         if (next.usersFile !== current.usersFile) {
-          nextUsers = openUsersFile(next, log);
+          nextUsers = openUsersFile(next, log, options);
           await nextUsers.removeStaleTemp();
         } else {
           running.users.setSafety(safetyOf(next));
@@ -180,6 +189,13 @@ export function checkConfig(configFile: string): { ok: boolean; lines: string[] 
       readFileSync(file);
     } catch (err) {
       problems.push(`${file}: cannot read TLS file (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+    }
+  }
+  if (config.identityAssertion) {
+    try {
+      assertionSigner(config.identityAssertion);
+    } catch (err) {
+      problems.push((err as Error).message);
     }
   }
   let summary = '';

@@ -2,19 +2,22 @@
 // admins' edits, and group-committed durable writes under the shared lock.
 // Every state change is decided under the lock against the file as it is on
 // disk; no login is granted before its change is fsynced.
+import { hash, randomBytes } from 'node:crypto';
 import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, readlinkSync, readSync, statSync, type Stats } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
+import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import { TempFile, tempFileOf } from './atomicWrite.js';
-import { decide, decoyCheck, type Policy, type Reason, type TokenState, type Verdict } from './decision.js';
+import { decide, decoyCheck, isLocked, type Policy, type Reason, type TokenState, type Verdict } from './decision.js';
 import { lockUsersFile, type HeldLock } from './fileLock.js';
+import { lingerActive } from './linger.js';
 import {
   layoutStoresFailures, lineState, parseUsersFile, parseUsersFileInSlices, withChangedLines,
   type LineState, type TokenLine, type UsersFileModel,
 } from './usersFileFormat.js';
 
-export type OutcomeReason = Reason | 'unknown_user';
+export type OutcomeReason = Reason | 'unknown_user' | 'throttled';
 
 export interface Outcome {
   readonly granted: boolean;
@@ -46,8 +49,30 @@ interface Pending {
   readonly password: string;
   readonly ip: string;
   readonly logout: boolean;
+  readonly usualIp: boolean;
+  /** refused already (a failure to count): never grants, whatever the file now says */
+  readonly answered: boolean;
+  /** the login and a keyed hash of the password (see UsersFile.lingers) */
+  readonly lingerKey: string;
   resolve(outcome: Outcome): void;
 }
+
+const ignoreOutcome = (): void => undefined;
+
+/**
+ * HMAC-SHA-256 (RFC 2104) under a random key of this process, computed with two
+ * one-shot hashes and the inner digest in hex: createHmac cost three times as
+ * much on every lingering request. Key bytes below 0x80 keep both padded keys
+ * ASCII, so string concatenation gives exactly the bytes HMAC hashes.
+ */
+function hmacPads(): { inner: string; outer: string } {
+  const key = randomBytes(64).map((b) => b & 0x7f);
+  return {
+    inner: Buffer.from(key.map((b) => b ^ 0x36)).toString('latin1'),
+    outer: Buffer.from(key.map((b) => b ^ 0x5c)).toString('latin1'),
+  };
+}
+const LINGER: Outcome = Object.freeze({ granted: true, reason: 'linger' });
 
 export interface UsersFileOptions {
   readonly path: string;
@@ -263,6 +288,15 @@ export class UsersFile {
   /** reused buffers: the re-read before a commit, and the content of the next write */
   private scratch = Buffer.alloc(0);
   private spare: Buffer | undefined;
+  /**
+   * Credentials that logged in or rode a linger: the login and an HMAC of the
+   * password under a secret of this process, never the password, mapped to the
+   * token and code they matched. A request with the same credentials is then
+   * checked against the token's linger without checking PIN and code again.
+   * Only a hint: the file's last OTP, time and IP decide, as mod_authn_otp's do.
+   */
+  private readonly lingers = new LRUCache<string, { token: string; otp: string }>({ max: 100_000 });
+  private readonly lingerPads = hmacPads();
 
   /** Load the file (throws UsersFileError naming it when missing or unreadable). */
   constructor(options: UsersFileOptions) {
@@ -309,34 +343,91 @@ export class UsersFile {
   /** Takes effect at the next read of the file (reload(), the poll, the next commit). */
   setSafety(safety: FileSafety): void { this.safety = safety; }
 
+  /** Is `login` in the file? (Where throttle counts are kept; it changes no answer.) */
+  knows(login: string): boolean {
+    return this.model.index.has(login);
+  }
+
+  /** Does a line of `login` record `ip` as where it last logged in? */
+  lastLoggedInFrom(login: string, ip: string): boolean {
+    const lines = this.model.index.get(login);
+    if (lines === undefined) return false;
+    const now = this.clock();
+    return lines.some((i) => this.stateOf(this.model, i, now).lastIp === ip);
+  }
+
   /**
-   * Authenticate. A linger is answered at once (nothing durable changes).
-   * Everything else is decided under the lock in the next group commit:
-   * refusals as soon as they are decided (unknown logins, locked users and
-   * wrong codes alike, so their timing tells nothing apart), grants once their
-   * change is on disk.
+   * Authenticate. Decided at once against the file and memory as they are:
+   * a linger rides without a write; a refusal is answered now (unknown logins,
+   * locked users and wrong codes alike take the same path and work, so their
+   * timing tells nothing apart), its failure count written in the next group
+   * commit. A login or logout is decided again under the lock, against the file
+   * as it is on disk, and answered once its change is durable.
    */
-  authenticate(login: string, password: string, ip: string, logout = false): Outcome | Promise<Outcome> {
+  authenticate(login: string, password: string, ip: string, logout = false, usualIp = false): Outcome | Promise<Outcome> {
     if (this.problem !== undefined) return { granted: false, reason: 'unknown_user', unavailable: true };
     const lines = this.model.index.get(login);
-    if (lines !== undefined && !logout && !this.model.refused.has(login)) {
-      const now = this.clock();
-      const states = lines.map((i) => this.stateOf(this.model, i, now));
-      // Only credentials ending in a recorded last OTP can ride a linger.
-      const mayLinger = states.some((s) => s.lastOtp !== undefined &&
-        (password.endsWith(s.lastOtp) || (s.spec.type.algorithm === 'MOTP' && password.toLowerCase().endsWith(s.lastOtp))));
-      const verdict = mayLinger ? decide(states, { password, ip, now }, this.policy) : undefined;
-      if (verdict?.reason === 'linger') {
-        // Only the idle clock moves, and it lives in memory: no write, no wait.
-        for (const [k, s] of verdict.changes) this.touch(this.tokenAt(this.model, lines[k] as number), s);
-        return this.outcome(verdict);
-      }
+    if (lines === undefined || this.model.refused.has(login)) {
+      decoyCheck(password, this.policy);
+      return lines === undefined ? { granted: false, reason: 'unknown_user' }
+        : { granted: false, reason: 'unknown_user', detail: 'malformed line in users file' };
     }
-    return new Promise<Outcome>((resolve) => {
-      this.queue.push({ login, password, ip, logout, resolve });
-      if (this.wakeWhen && this.queue.length >= this.wakeWhen.size) this.wakeWhen.wake();
-      this.scheduleDrain();
-    });
+    const lingerKey = this.lingerKeyOf(login, password);
+    const now = this.clock();
+    if (!logout && this.rideCached(lines, lingerKey, ip, now)) return LINGER;
+    const states = lines.map((i) => this.stateOf(this.model, i, now));
+    const verdict = decide(states, { password, ip, now, logout, usualIp }, this.policy);
+    if (verdict.reason === 'linger') {
+      // Only the idle clock moves, and it lives in memory: no write, no wait.
+      for (const [k, s] of verdict.changes) {
+        const t = this.tokenAt(this.model, lines[k] as number);
+        this.touch(t, s);
+        if (s.lastOtp !== undefined) this.lingers.set(lingerKey, { token: tokenKey(t), otp: s.lastOtp });
+      }
+      return this.outcome(verdict);
+    }
+    if (!verdict.granted && verdict.reason !== 'logout') {
+      if (verdict.reason === 'locked') decoyCheck(password, this.policy); // the work a check would have cost
+      if (verdict.changes.size > 0) {
+        this.enqueue({ login, password, ip, logout, usualIp, answered: true, lingerKey, resolve: ignoreOutcome });
+      }
+      return this.outcome(verdict);
+    }
+    return new Promise<Outcome>((resolve) => this.enqueue({ login, password, ip, logout, usualIp, answered: false, lingerKey, resolve }));
+  }
+
+  /** Do these credentials ride a linger they rode before (see lingers)? Moves its idle clock if so. */
+  ridesLinger(login: string, password: string, ip: string): boolean {
+    const lines = this.model.index.get(login);
+    return lines !== undefined && this.problem === undefined && this.rideCached(lines, this.lingerKeyOf(login, password), ip, this.clock());
+  }
+
+  private lingerKeyOf(login: string, password: string): string {
+    const { inner, outer } = this.lingerPads;
+    return `${login}\0${hash('sha256', outer + hash('sha256', inner + password, 'hex'), 'base64')}`;
+  }
+
+  /** The same credentials rode or started this token's linger before, and it still holds for `ip` now. */
+  private rideCached(lines: readonly number[], lingerKey: string, ip: string, now: number): boolean {
+    const hint = this.lingers.get(lingerKey);
+    if (hint === undefined) return false;
+    for (const i of lines) {
+      const t = this.tokenAt(this.model, i);
+      if (tokenKey(t) !== hint.token) continue;
+      const s = this.stateOf(this.model, i, now);
+      // A lock, a new login or a logout since: the full check decides.
+      if (s.lastOtp !== hint.otp || isLocked(s, now, this.policy) || !lingerActive(s, ip, now, this.policy)) break;
+      this.touch(t, { ...s, lastActive: now });
+      return true;
+    }
+    this.lingers.delete(lingerKey);
+    return false;
+  }
+
+  private enqueue(p: Pending): void {
+    this.queue.push(p);
+    if (this.wakeWhen && this.queue.length >= this.wakeWhen.size) this.wakeWhen.wake();
+    this.scheduleDrain();
   }
 
   /** Re-read the file now (SIGHUP); resolves once the new content is in use. */
@@ -363,14 +454,19 @@ export class UsersFile {
     });
   }
 
-  /** Stop watching, and return once every queued login has been answered. */
-  async close(): Promise<void> {
-    this.closed = true;
-    if (this.poller) clearInterval(this.poller);
+  /** Return once every change queued so far (e.g. the failure counts of refusals) is written. */
+  async flush(): Promise<void> {
     while (this.draining !== undefined || this.queue.length > 0) {
       await (this.draining ?? new Promise((resolve) => setImmediate(resolve)));
     }
     await this.ops;
+  }
+
+  /** Stop watching, and return once every queued login has been answered. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.poller) clearInterval(this.poller);
+    await this.flush();
   }
 
   private outcome(v: Verdict): Outcome {
@@ -584,23 +680,28 @@ export class UsersFile {
    * Decide every pending login of a batch against the model and memory as they
    * are now. Later logins in the batch see the changes of earlier ones.
    */
-  private decideBatch(batch: readonly Pending[]): { model: UsersFileModel; draft: Map<number, TokenState>; outcomes: Outcome[] } {
+  private decideBatch(batch: readonly Pending[]): {
+    model: UsersFileModel; draft: Map<number, TokenState>; outcomes: Outcome[]; hints: Map<Pending, { token: string; otp: string }>;
+  } {
     const model = this.model;
     const now = this.clock();
     const draft = new Map<number, TokenState>();
+    const hints = new Map<Pending, { token: string; otp: string }>();
     const outcomes = batch.map((p): Outcome => {
       const lines = model.index.get(p.login);
-      if (lines === undefined || model.refused.has(p.login)) {
-        decoyCheck(p.password, this.policy);
-        return lines === undefined ? { granted: false, reason: 'unknown_user' }
-          : { granted: false, reason: 'unknown_user', detail: 'malformed line in users file' };
-      }
+      // Gone or broken since it was queued (an admin's edit): nothing to record.
+      if (lines === undefined || model.refused.has(p.login)) return { granted: false, reason: 'unknown_user' };
       const states = lines.map((i) => draft.get(i) ?? this.stateOf(model, i, now));
-      const verdict = decide(states, { password: p.password, ip: p.ip, now, logout: p.logout }, this.policy);
+      const verdict = decide(states, { password: p.password, ip: p.ip, now, logout: p.logout, usualIp: p.usualIp }, this.policy);
+      // A refusal already answered grants nothing now (the file changed meanwhile): only failures are recorded.
+      if (p.answered && (verdict.granted || verdict.reason === 'logout')) return { granted: false, reason: verdict.reason };
       for (const [k, s] of verdict.changes) draft.set(lines[k] as number, s);
+      const line = verdict.line === undefined ? undefined : lines[verdict.line];
+      const otp = verdict.line === undefined ? undefined : verdict.changes.get(verdict.line)?.lastOtp;
+      if (verdict.granted && line !== undefined && otp !== undefined) hints.set(p, { token: tokenKey(this.tokenAt(model, line)), otp });
       return this.outcome(verdict);
     });
-    return { model, draft, outcomes };
+    return { model, draft, outcomes, hints };
   }
 
   /**
@@ -611,6 +712,7 @@ export class UsersFile {
   private async commit(): Promise<void> {
     let pending: Pending[] = [];
     let answers: [Pending, Outcome][] = [];
+    let lingerHints = new Map<Pending, { token: string; otp: string }>();
     let keepLock = false;
     const t0 = performance.now();
     try {
@@ -631,7 +733,8 @@ export class UsersFile {
       const size = pending.length;
       const t2 = performance.now();
       for (let attempt = 1; pending.length > 0; attempt++) {
-        const { model, draft, outcomes } = this.decideBatch(pending);
+        const { model, draft, outcomes, hints } = this.decideBatch(pending);
+        lingerHints = hints;
         // A refusal depends on nothing durable: answer it now, so it takes no
         // longer than an unknown login's. (Its failure count is written below.)
         // A grant, and a logout, count once their change is on disk.
@@ -669,7 +772,11 @@ export class UsersFile {
       if (!keepLock) await this.releaseLock();
     }
     // After the unlock: whoever waits for the lock (the admin CLI) gets it first.
-    for (const [p, o] of answers) p.resolve(o);
+    for (const [p, o] of answers) {
+      const hint = lingerHints.get(p);
+      if (hint !== undefined) this.lingers.set(p.lingerKey, hint);
+      p.resolve(o);
+    }
   }
 
   /** Write the draft's file changes (if any) durably, then make draft and file the state everyone sees. */

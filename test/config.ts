@@ -1,4 +1,5 @@
 import t from 'tap';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadConfig, parseConfig, parseListen } from '../src/config.js';
 import { tempDir, writeFile600 } from './lib/harness.js';
@@ -122,4 +123,34 @@ t.test('loadConfig reads the file and names it when it cannot', async (t) => {
   const missing = loadConfig(join(dir, 'nope.yaml'));
   t.equal(missing.ok, false);
   if (!missing.ok) t.match(missing.errors[0], /nope\.yaml: cannot read config file \(ENOENT\)/);
+});
+
+t.test('throttle and lock growth: defaults, nested keys named in errors', async (t) => {
+  const r = parseConfig('upstream: http://127.0.0.1:1\nusersFile: u\nthrottle: { ip: { free: 10 } }\n', 'c.yaml', '/etc');
+  if (!r.ok) throw new Error(r.errors.join('\n'));
+  t.same(r.config.throttle, {
+    pair: { free: 5, baseSeconds: 1, maxSeconds: 900, quietSeconds: 3600 },
+    account: { free: 5, baseSeconds: 1, maxSeconds: 900, quietSeconds: 3600 },
+    ip: { free: 10, baseSeconds: 1, maxSeconds: 900, quietSeconds: 300 },
+    usualIpDays: 30, maxEntries: 100_000,
+  }, 'unset keys take their defaults, also inside a partly set rule');
+  t.equal(r.config.maxLockoutSeconds, 3600);
+  t.equal(r.config.permanentLockAfter, 100);
+  const bad = parseConfig('upstream: http://127.0.0.1:1\nusersFile: u\nthrottle: { pair: { free: -1, wait: 3 }, maxEntries: 5 }\n', 'c.yaml', '/etc');
+  t.same(bad.ok ? [] : bad.errors.sort(), [
+    'c.yaml: throttle.maxEntries: Too small: expected number to be >=1000',
+    'c.yaml: throttle.pair.free: expected 0 or more',
+    'c.yaml: throttle.pair.wait: unknown key',
+  ]);
+});
+
+t.test('config/otpgate.yaml, the commented example, is valid and sets every key to its default', async (t) => {
+  const example = readFileSync(new URL('../config/otpgate.yaml', import.meta.url), 'utf8');
+  const r = parseConfig(example, 'otpgate.yaml', '/etc/otpgate');
+  if (!r.ok) throw new Error(r.errors.join('\n'));
+  const minimal = parseConfig(`upstream: ${r.config.upstream.href}\nusersFile: ${r.config.usersFile}\n`, 'otpgate.yaml', '/etc/otpgate');
+  if (!minimal.ok) throw new Error(minimal.errors.join('\n'));
+  const { trusted: _a, ...fromExample } = r.config;
+  const { trusted: _b, ...defaults } = minimal.config;
+  t.same(fromExample, defaults);
 });

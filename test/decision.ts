@@ -1,5 +1,5 @@
 import t from 'tap';
-import { decide, isLocked, lastUsedStep, pinMatches, type Policy, type TokenState, type Verdict } from '../src/decision.js';
+import { decide, isLocked, lockOf, lockSeconds, lastUsedStep, pinMatches, type Policy, type TokenState, type Verdict } from '../src/decision.js';
 import { parseTokenType } from '../src/usersFileFormat.js';
 import { motp } from '../src/otp.js';
 import { rfcHotp, rfcTotp } from './lib/harness.js';
@@ -7,7 +7,7 @@ import { rfcHotp, rfcTotp } from './lib/harness.js';
 const KEY = '3132333435363738393031323334353637383930';
 const NOW = 1_700_000_000; // a step boundary for 30 s steps? 1_700_000_000 / 30 = 56666666.67
 const STEP = Math.floor(NOW / 30);
-const policy: Policy = { maxOffset: 4, maxLinger: 600, logoutOnIpChange: false, maxFailures: 5, lockoutSeconds: 300 };
+const policy: Policy = { maxOffset: 4, maxLinger: 600, logoutOnIpChange: false, maxFailures: 5, lockoutSeconds: 300, maxLockoutSeconds: 0, permanentLockAfter: 0 };
 
 function line(type: string, pin: string, fields: Partial<TokenState> = {}, liboathLayout = false): TokenState {
   const parsed = parseTokenType(type);
@@ -15,8 +15,8 @@ function line(type: string, pin: string, fields: Partial<TokenState> = {}, liboa
   return { spec: { type: parsed, pin, key: Buffer.from(KEY, 'hex'), liboathLayout }, counter: 0, failures: 0, ...fields };
 }
 
-const at = (password: string, extra: { ip?: string; now?: number; logout?: boolean } = {}) =>
-  ({ password, ip: extra.ip ?? '10.0.0.1', now: extra.now ?? NOW, ...(extra.logout ? { logout: true } : {}) });
+const at = (password: string, extra: { ip?: string; now?: number; logout?: boolean; usualIp?: boolean } = {}) =>
+  ({ password, ip: extra.ip ?? '10.0.0.1', now: extra.now ?? NOW, ...(extra.logout ? { logout: true } : {}), ...(extra.usualIp ? { usualIp: true } : {}) });
 
 const changed = (v: Verdict, i = 0): TokenState => {
   const s = v.changes.get(i);
@@ -209,6 +209,35 @@ t.test('lockoutSeconds 0 locks until an admin clears the count; maxFailures 0 ne
   t.ok(isLocked({ ...s, lockedAt: undefined }, NOW, policy), 'unknown start of a lock: locked (the caller records it)');
   const counted = decide([line('HOTP', '1', { failures: 99 })], at('1000000'), { ...policy, maxFailures: 0 });
   t.equal(changed(counted).failures, 100, 'failures are counted even without a limit');
+});
+
+t.test('repeated locks grow, up to maxLockoutSeconds; permanentLockAfter failures lock until an admin clears them', async (t) => {
+  const growing = { ...policy, maxLockoutSeconds: 3600, permanentLockAfter: 100 };
+  t.same([5, 6, 7, 8, 9, 10, 50].map((f) => lockSeconds(f, growing)), [300, 600, 1200, 2400, 3600, 3600, 3600]);
+  t.equal(lockSeconds(9, { ...growing, maxLockoutSeconds: 0 }), 300, 'maxLockoutSeconds 0: no growth');
+  // One failure after the first lock ended: the next lock is twice as long.
+  const s = line('HOTP', '1', { failures: 5, lockedAt: NOW - 300 });
+  t.notOk(isLocked(s, NOW, growing), 'the first lock (300 s) is over');
+  const after = changed(decide([s], at('1000000'), growing));
+  t.match(after, { failures: 6, lockedAt: NOW });
+  t.ok(isLocked(after, NOW + 599, growing));
+  t.notOk(isLocked(after, NOW + 600, growing));
+  t.equal(lockOf(line('HOTP', '1', { failures: 100, lockedAt: NOW - 100_000 }), NOW, growing), 'permanent');
+  t.equal(lockOf(line('HOTP', '1', { failures: 99, lockedAt: NOW - 100_000 }), NOW, growing), 'none');
+});
+
+t.test('a timed lock does not hold from the account\'s usual IP; a permanent one does', async (t) => {
+  const locked = line('HOTP', '1', { failures: 5, lockedAt: NOW - 10 });
+  const good = `1${rfcHotp(KEY, 0)}`;
+  t.match(decide([locked], at(good), policy), { granted: false, reason: 'locked' });
+  const usual = decide([locked], at(good, { usualIp: true }), policy);
+  t.match(usual, { granted: true, reason: 'ok' }, 'the owner logs in from where it usually does');
+  t.match(changed(usual), { failures: 0, lockedAt: undefined }, 'and the count starts over');
+  const wrong = decide([locked], at('1000000', { usualIp: true }), policy);
+  t.match(changed(wrong), { failures: 6, lockedAt: NOW }, 'a failure from the usual IP still counts');
+  const forever = line('HOTP', '1', { failures: 5, lockedAt: NOW - 10 });
+  t.match(decide([forever], at(good, { usualIp: true }), { ...policy, lockoutSeconds: 0 }), { reason: 'locked' },
+    'lockoutSeconds 0 (mod_authn_otp): locked everywhere until an admin clears it');
 });
 
 t.test('several lines per user: first line whose PIN and code match wins; only it is consumed', async (t) => {

@@ -3,20 +3,16 @@
 // wherever Node's own client would normalise or refuse what a hostile client sends.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { readFileSync, rmSync } from 'node:fs';
-import {
-  Agent, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse,
-} from 'node:http';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { Agent, request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { connect as tlsConnect } from 'node:tls';
-import { parseConfig } from '../src/config.js';
-import { start, type Running } from '../src/serve.js';
-import {
-  basic, memoryLogger, request, rfcHotp, secret, secretKey, startBackend, tempDir, writeFile600, type Reply, type Seen,
-} from './lib/harness.js';
+import { errors, jwtVerify } from 'jose';
+import { basic, request, rfcHotp, secret, secretKey, tempDir, writeFile600, type Reply, type Seen } from './lib/harness.js';
+import { identityHeaders, startGateway, type Gw, type GwOptions } from './lib/gateway.js';
+import { head, raw, type RawReply } from './lib/raw.js';
 import { findLeaks, registeredSecrets } from './lib/secrets.js';
 
 // the last overload of t.test is (cb): its argument is a subtest
@@ -52,40 +48,8 @@ function wrongCode(user: keyof typeof KEYS): string {
   throw new Error('no wrong code found');
 }
 
-interface Gw {
-  running: Running;
-  port: number;
-  dir: string;
-  usersPath: string;
-  backend: Awaited<ReturnType<typeof startBackend>>;
-  logs: ReturnType<typeof memoryLogger>;
-}
-
-interface GwOptions {
-  config?: Record<string, unknown>;
-  backend?: (req: IncomingMessage, res: ServerResponse, body: Buffer) => void;
-  /** upstream URL instead of the recording backend's */
-  upstream?: string;
-}
-
-/** YAML text, one `key: value` line per key (JSON scalars and flow collections are YAML). */
-const yamlOf = (o: Record<string, unknown>): string =>
-  Object.entries(o).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join('\n') + '\n';
-
-async function gateway(t: Test, opts: GwOptions = {}): Promise<Gw> {
-  const dir = tempDir(t);
-  const usersPath = writeFile600(join(dir, 'otp-users'), USERS);
-  const backend = await startBackend(t, opts.backend);
-  const result = parseConfig(yamlOf({
-    listen: '127.0.0.1:0', upstream: opts.upstream ?? backend.url, usersFile: 'otp-users', realm: REALM, logLevel: 'debug',
-    ...opts.config,
-  }), 'test.yaml', dir);
-  if (!result.ok) throw new Error(result.errors.join('\n'));
-  const logs = memoryLogger('debug');
-  const running = await start(result.config, logs.log);
-  t.teardown(() => running.stop());
-  return { running, port: running.address.port, dir, usersPath, backend, logs };
-}
+const gateway = (t: Test, opts: GwOptions = {}): Promise<Gw> =>
+  startGateway(t, USERS, { ...opts, config: { realm: REALM, ...opts.config } });
 
 /** Field 5 (the counter) of a user's line in the users file as it is on disk. */
 function fileFields(path: string, login: string): string[] {
@@ -97,15 +61,6 @@ const counterOf = (path: string, login: string): number => Number(fileFields(pat
 
 const auditEvents = (logs: Gw['logs']): Record<string, unknown>[] => logs.lines.filter((l) => l.event === 'auth');
 
-const identityHeaders = (s: Seen): string[][] => {
-  const found: string[][] = [];
-  for (let i = 0; i < s.rawHeaders.length; i += 2) {
-    const name = s.rawHeaders[i] as string;
-    if (name.toLowerCase().replace(/[-_.]/g, '') === 'remoteuser') found.push([name, s.rawHeaders[i + 1] as string]);
-  }
-  return found;
-};
-
 const CHALLENGE = new RegExp(`^Basic realm="${REALM}"(, charset="UTF-8")?$`);
 
 function assertChallenge(t: Test, r: Reply, what: string): void {
@@ -113,47 +68,6 @@ function assertChallenge(t: Test, r: Reply, what: string): void {
   t.match(r.headers['www-authenticate'] ?? '', CHALLENGE, `${what}: Basic challenge with the realm`);
   t.equal(r.headers['cache-control'], 'no-store', `${what}: not cached`);
 }
-
-interface RawReply {
-  status: number;
-  head: string;
-  body: Buffer;
-  /** the connection ended by itself (not cut by the helper's own deadline) */
-  closed: boolean;
-}
-
-/**
- * Send bytes on a fresh connection and read until the peer closes (or `waitMs`
- * passes: then `closed` is false). The request should carry `Connection: close`.
- */
-function raw(port: number, data: string | Buffer, waitMs = 2000, tls = false): Promise<RawReply> {
-  return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    const socket: Socket = tls
-      ? tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false })
-      : connect({ host: '127.0.0.1', port });
-    let done = false;
-    const finish = (closed: boolean): void => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      socket.destroy();
-      const all = Buffer.concat(chunks);
-      const split = all.indexOf('\r\n\r\n');
-      const head = (split === -1 ? all : all.subarray(0, split)).toString('latin1');
-      const m = /^HTTP\/1\.[01] (\d{3})/.exec(head);
-      resolve({ status: m ? Number(m[1]) : 0, head, body: split === -1 ? Buffer.alloc(0) : all.subarray(split + 4), closed });
-    };
-    const timer = setTimeout(() => finish(false), waitMs);
-    socket.on('data', (c: Buffer) => chunks.push(c));
-    socket.on('error', () => finish(true));
-    socket.on('close', () => finish(true));
-    socket.write(data);
-  });
-}
-
-/** A raw request head: lines joined with CRLF, with the blank line that ends it. */
-const head = (...lines: string[]): string => `${lines.join('\r\n')}\r\n\r\n`;
 
 interface CallOptions {
   method?: string;
@@ -754,6 +668,147 @@ t.test('healthPath', async (t) => {
   t.equal(gw.backend.seen.length, 1, 'the backend saw the login, none of the rest');
 });
 
+t.test('brute force: throttled with 429 before any credential check', async (t) => {
+  const clock = { now: 1_800_000_000 };
+  const throttleConfig = { trustedProxies: ['127.0.0.1'], maxLinger: 0 };
+  const from = (ip: string, login: string, password: string): Promise<Reply> =>
+    request(gw.port, { auth: [login, password], headers: { 'X-Forwarded-For': ip } });
+  const gw = await gateway(t, { clock: () => clock.now, config: { ...throttleConfig, maxFailures: 0 } });
+
+  t.test('one IP guessing: five free failures, then growing waits; a wait says when to try again', async (t) => {
+    const statuses: number[] = [];
+    for (let i = 0; i < 6; i++) statuses.push((await from('192.0.2.10', 'alice', `${PIN.alice}${wrongCode('alice')}`)).status);
+    t.same(statuses, [401, 401, 401, 401, 401, 401], 'six checked and refused');
+    const held = await from('192.0.2.10', 'alice', alicePw(0));
+    t.equal(held.status, 429, 'the seventh waits, even with the right password');
+    t.equal(held.headers['retry-after'], '1');
+    t.match(held.headers['content-type'], /^text\/html/);
+    t.equal(held.headers['cache-control'], 'no-store');
+    t.equal(held.headers['www-authenticate'], undefined, 'no prompt: the page is shown');
+    t.match(held.text, /Too many failed logins[\s\S]*1 seconds/);
+    t.equal(counterOf(gw.usersPath, 'alice'), 0, 'the right code was not even checked: not consumed');
+    t.equal(gw.backend.seen.length, 0, 'the backend saw nothing');
+    clock.now += 1;
+    t.equal((await from('192.0.2.10', 'alice', alicePw(0))).status, 200, 'after the wait the right password logs in');
+    t.equal(counterOf(gw.usersPath, 'alice'), 1);
+    const audit = auditEvents(gw.logs).find((e) => e.reason === 'throttled');
+    t.match(audit, { user: 'alice', ip: '192.0.2.10', result: 'denied', retryAfter: 1 });
+  });
+
+  t.test('an unknown login gets exactly the same answers', async (t) => {
+    const answers = async (login: string, ip: string): Promise<string[]> => {
+      const out: string[] = [];
+      for (let i = 0; i < 8; i++) {
+        const r = await from(ip, login, `${PIN.wrong}123456`);
+        out.push(`${r.status} ${r.headers['retry-after'] ?? '-'} ${r.text.length}`);
+      }
+      return out;
+    };
+    t.same(await answers('nobody-here', '192.0.2.20'), await answers('bob', '192.0.2.21'));
+  });
+});
+
+t.test('lockout-DoS: failures from elsewhere do not keep the owner out from its usual IP', async (t) => {
+  const clock = { now: 1_800_000_000 };
+  const gw = await gateway(t, { clock: () => clock.now, config: { trustedProxies: ['127.0.0.1'], maxLinger: 0 } });
+  const from = (ip: string, password: string): Promise<Reply> =>
+    request(gw.port, { auth: ['alice', password], headers: { 'X-Forwarded-For': ip } });
+  t.equal((await from('198.51.100.7', alicePw(0))).status, 200, 'the owner logs in from its office');
+  // An attacker elsewhere: the lock (maxFailures 5) and the throttle hold it up.
+  const attacker: number[] = [];
+  for (let i = 0; i < 12; i++) {
+    attacker.push((await from('192.0.2.66', `${PIN.wrong}${wrongCode('alice')}`)).status);
+    clock.now += 1;
+  }
+  t.ok(attacker.every((s) => s === 401 || s === 429), `the attacker gets nowhere (${attacker.join(' ')})`);
+  t.ok(attacker.includes(429), 'and is throttled');
+  const elsewhere = await from('203.0.113.9', alicePw(1));
+  t.ok(elsewhere.status === 401 || elsewhere.status === 429, `from a new IP, even the right code is refused (${elsewhere.status})`);
+  t.equal(counterOf(gw.usersPath, 'alice'), 1, 'and not consumed');
+  t.equal((await from('198.51.100.7', alicePw(1))).status, 200, 'from its usual IP the owner logs in at once');
+  t.equal(counterOf(gw.usersPath, 'alice'), 2);
+});
+
+t.test('an office behind one NAT address: logged-in agents keep working when its IP is throttled', async (t) => {
+  const clock = { now: 1_800_000_000 };
+  const gw = await gateway(t, { clock: () => clock.now, config: { trustedProxies: ['127.0.0.1'] } });
+  const nat = { 'X-Forwarded-For': '203.0.113.5' };
+  const bobPw = code('bob', 0);
+  t.equal((await request(gw.port, { auth: ['bob', bobPw], headers: nat })).status, 200, 'bob logs in');
+  for (let i = 0; i < 60; i++) await request(gw.port, { auth: [`typo${i}`, '000000'], headers: nat });
+  const fresh = await request(gw.port, { auth: ['alice', alicePw(0)], headers: nat });
+  t.equal(fresh.status, 429, 'after 60 failures from the address, a fresh login from it waits');
+  const lingering = await request(gw.port, { auth: ['bob', bobPw], headers: nat });
+  t.equal(lingering.status, 200, 'bob\'s session goes on');
+  t.equal(gw.backend.seen.at(-1)?.headers['remote-user'], 'bob');
+});
+
+t.test('Expect: 100-continue: only a granted request is invited to send its body', async (t) => {
+  const gw = await gateway(t, { backend: (_req, res, body) => res.end(`got ${body.length}`) });
+  const ask = (auth: string): Promise<RawReply> => raw(gw.port, head('POST /upload HTTP/1.1', 'Host: h', `Authorization: ${auth}`,
+    'Expect: 100-continue', 'Content-Length: 5', 'Connection: close') + 'hello');
+  const refused = await ask(basic('alice', `${PIN.wrong}123456`));
+  t.same(refused.statuses, [401], 'refused without a 100 first');
+  const granted = await ask(basic('alice', alicePw(0)));
+  t.same(granted.statuses, [100, 200], '100 Continue, then the answer');
+  t.match(granted.body.toString(), /got 5$/);
+  t.equal(gw.backend.seen[0]?.headers.expect, undefined, 'the backend is not asked to continue: the body is on its way');
+});
+
+t.test('security headers on every answer; cookie hardening per config', async (t) => {
+  const gw = await gateway(t, {
+    config: { cookies: { httpOnly: true, sameSite: 'Lax' } },
+    backend: (req, res) => {
+      if (req.url === '/own-policy') res.writeHead(200, { 'Referrer-Policy': 'no-referrer' }).end('ok');
+      else res.writeHead(200, { 'Set-Cookie': ['a=1; path=/', 'b=2; HttpOnly; SameSite=Strict'] }).end('ok');
+    },
+  });
+  const prompt = await request(gw.port);
+  t.equal(prompt.headers['x-content-type-options'], 'nosniff');
+  t.equal(prompt.headers['referrer-policy'], 'same-origin');
+  t.match(prompt.headers['content-security-policy'], /default-src 'none'.*frame-ancestors 'none'/, 'the gateway\'s own pages: a strict CSP');
+  t.equal(prompt.headers['strict-transport-security'], undefined, 'no HSTS without TLS');
+  const bad = await raw(gw.port, head('GET http://evil/ HTTP/1.1', 'Host: h', 'Connection: close'));
+  t.equal(bad.status, 400);
+  t.match(bad.head, /\r\nX-Content-Type-Options: nosniff/i, 'also on a 400');
+  const health = await request(gw.port, { path: '/otpgate/health' });
+  t.equal(health.headers['x-content-type-options'], 'nosniff', 'and on the health answer');
+  const ok = await request(gw.port, { auth: ['alice', alicePw(0)] });
+  t.equal(ok.headers['x-content-type-options'], 'nosniff', 'proxied answers get them too');
+  t.equal(ok.headers['content-security-policy'], undefined, 'but not the gateway\'s CSP: the helpdesk\'s pages need their own');
+  t.same(ok.headers['set-cookie'], ['a=1; path=/; HttpOnly; SameSite=Lax', 'b=2; HttpOnly; SameSite=Strict']);
+  const own = await request(gw.port, { path: '/own-policy', auth: ['alice', alicePw(0)] });
+  t.equal(own.headers['referrer-policy'], 'no-referrer', 'the backend\'s own value wins');
+});
+
+t.test('signed identity assertion: the backend can verify who passed the gateway', async (t) => {
+  const dir = tempDir(t);
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const keyFile = join(dir, 'assertion-key.pem');
+  writeFileSync(keyFile, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+  // The signing key, as its PEM line and as the JWK a library would print: no log may hold either.
+  secret(String(privateKey.export({ type: 'pkcs8', format: 'pem' })).split('\n')[1] ?? '');
+  secret(privateKey.export({ format: 'jwk' }).d ?? '');
+  const clock = { now: 1_800_000_000 };
+  const gw = await gateway(t, {
+    clock: () => clock.now,
+    config: { identityAssertion: { algorithm: 'EdDSA', keyFile, audience: 'znuny', ttlSeconds: 30 } },
+  });
+  const ok = await request(gw.port, {
+    auth: ['alice', alicePw(0)], headers: { 'X-Otpgate-Assertion': 'forged', 'x_otpgate_assertion': 'forged' },
+  });
+  t.equal(ok.status, 200);
+  const seen = gw.backend.seen[0] as Seen;
+  const assertions = seen.rawHeaders.filter((_, i) => i % 2 === 0 && /^x.otpgate.assertion$/i.test(seen.rawHeaders[i] as string));
+  t.equal(assertions.length, 1, 'one assertion: the client\'s are gone');
+  const jwt = seen.headers['x-otpgate-assertion'] as string;
+  const { payload } = await jwtVerify(jwt, publicKey, { audience: 'znuny', issuer: 'otpgate', currentDate: new Date(clock.now * 1000) });
+  t.match(payload, { sub: 'alice', iat: clock.now, exp: clock.now + 30 });
+  await t.rejects(jwtVerify(jwt, publicKey, { audience: 'znuny', currentDate: new Date((clock.now + 31) * 1000) }), errors.JWTExpired,
+    'a captured assertion expires');
+  t.notOk(gw.logs.lines.some((l) => JSON.stringify(l).includes(jwt)), 'never logged');
+});
+
 t.test('logoutPath', async (t) => {
   const gw = await gateway(t);
   const alice = ['alice', alicePw(0)] as [string, string];
@@ -887,7 +942,7 @@ t.test('TLS: HTTPS to the client, X-Forwarded-Proto https to the backend', async
     config: { tls: { cert: join(certDir, 'cert.pem'), key: join(certDir, 'key.pem') } },
     backend: (req, res) => {
       if (req.url === '/redirect') res.writeHead(302, { Location: `http://127.0.0.1:${gw.backend.port}/x` }).end();
-      else res.end('ok');
+      else res.writeHead(200, { 'Set-Cookie': 'OTRSAgentInterface=s3ss10n; path=/otrs/' }).end('ok');
     },
   });
   const get = (path: string, auth?: string): Promise<Reply> => new Promise((resolve, reject) => {
@@ -905,11 +960,15 @@ t.test('TLS: HTTPS to the client, X-Forwarded-Proto https to the backend', async
     req.on('error', reject);
     req.end();
   });
-  assertChallenge(t, await get('/'), 'https without credentials');
+  const prompt = await get('/');
+  assertChallenge(t, prompt, 'https without credentials');
+  t.equal(prompt.headers['strict-transport-security'], 'max-age=31536000', 'HSTS over TLS, on the gateway\'s own pages');
   const auth = basic('alice', alicePw(0));
   const ok = await get('/', auth);
   t.equal(ok.status, 200);
   t.equal(ok.text, 'ok');
+  t.equal(ok.headers['strict-transport-security'], 'max-age=31536000', 'and on the backend\'s answers');
+  t.same(ok.headers['set-cookie'], ['OTRSAgentInterface=s3ss10n; path=/otrs/; Secure'], 'the helpdesk\'s cookie gets Secure over TLS');
   t.equal((gw.backend.seen[0] as Seen).headers['x-forwarded-proto'], 'https');
   const redirect = await get('/redirect', auth);
   t.equal(redirect.headers.location, `https://127.0.0.1:${gw.port}/x`, 'redirect rewritten to the https origin');
@@ -930,4 +989,15 @@ t.test('server timeouts follow the config', async (t) => {
   t.equal(defaults.running.gateway.server.headersTimeout, 20_000, 'default headersTimeout');
   t.equal(defaults.running.gateway.server.requestTimeout, 300_000, 'default requestTimeout');
   t.equal(defaults.running.gateway.server.keepAliveTimeout, 5000, 'default keepAliveTimeout');
+});
+
+t.test('maxHeaderBytes: a head over the configured size gets 431 and reaches nobody', async (t) => {
+  const gw = await gateway(t, { config: { maxHeaderBytes: 4096 } });
+  const auth = `Authorization: ${basic('alice', alicePw(0))}`;
+  const big = await raw(gw.port, head(`GET /${'a'.repeat(5000)} HTTP/1.1`, 'Host: h', auth, 'Connection: close'));
+  t.equal(big.status, 431, 'a 5 KB URL over a 4 KiB limit');
+  const bigHeader = await raw(gw.port, head('GET / HTTP/1.1', 'Host: h', auth, `X-Pad: ${'b'.repeat(5000)}`, 'Connection: close'));
+  t.equal(bigHeader.status, 431, 'a 5 KB header');
+  t.equal(gw.backend.seen.length, 0);
+  t.equal((await request(gw.port, { path: `/${'c'.repeat(3000)}`, auth: ['alice', alicePw(0)] })).status, 200, 'under the limit: through');
 });

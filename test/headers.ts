@@ -1,6 +1,8 @@
 import t from 'tap';
 import { BlockList } from 'node:net';
-import { clientAddress, isTrusted, normalizedHeaderName, plainAddress, rewriteLocation, upstreamHeaders } from '../src/headers.js';
+import {
+  clientAddress, downstreamHeaders, hardenCookie, isTrusted, normalizedHeaderName, plainAddress, rewriteLocation, upstreamHeaders,
+} from '../src/headers.js';
 
 const ctx = {
   identity: normalizedHeaderName('Remote-User'), identityHeader: 'Remote-User', login: 'alice', peer: '10.0.0.1',
@@ -65,4 +67,22 @@ t.test('Location rewrite: only the backend\'s own origin', async (t) => {
   t.equal(rewriteLocation('/relative', up, 'https://h'), '/relative');
   t.equal(rewriteLocation('https://elsewhere.example/', up, 'https://h'), 'https://elsewhere.example/');
   t.equal(rewriteLocation('http://127.0.0.1:9999/', up, 'https://h'), 'http://127.0.0.1:9999/');
+});
+
+t.test('hardenCookie adds what the policy asks for and the cookie lacks, keeps what it has', async (t) => {
+  const all = { secure: true, httpOnly: true, sameSite: 'Lax' } as const;
+  t.equal(hardenCookie('OTRSAgentInterface=abc; path=/otrs/', all), 'OTRSAgentInterface=abc; path=/otrs/; Secure; HttpOnly; SameSite=Lax');
+  t.equal(hardenCookie('s=1; secure; HTTPONLY; samesite=strict', all), 's=1; secure; HTTPONLY; samesite=strict', 'no duplicates, its own SameSite kept');
+  t.equal(hardenCookie('s=1', { secure: false, httpOnly: false }), 's=1');
+  t.equal(hardenCookie('s=1', { secure: false, httpOnly: false, sameSite: 'None' }), 's=1; SameSite=None; Secure',
+    'SameSite=None needs Secure, or browsers drop it');
+  t.equal(hardenCookie('a=secure', { secure: true, httpOnly: false }), 'a=secure; Secure', 'a value is not an attribute');
+  const down = downstreamHeaders({ 'set-cookie': ['a=1', 'b=2; Secure'] }, new URL('http://backend'), 'https://gw', all);
+  t.same(down['set-cookie'], ['a=1; Secure; HttpOnly; SameSite=Lax', 'b=2; Secure; HttpOnly; SameSite=Lax']);
+});
+
+t.test('the assertion header, in any spelling the client sends, never reaches the backend', async (t) => {
+  const out = upstreamHeaders({ host: 'h', 'x-otpgate-assertion': 'forged', x_otpgate_assertion: 'forged', 'x.otpgate.assertion': 'forged' },
+    { ...ctx, assertion: 'xotpgateassertion' });
+  t.same(Object.keys(out).filter((k) => k.toLowerCase().includes('assertion')), []);
 });

@@ -13,7 +13,7 @@ import { formatLocalTime } from '../src/localTime.js';
 import { memoryLogger, otherOwner, rfcHotp, rfcTotp, secretKey, tempDir, writeFile600 } from './lib/harness.js';
 
 const KEY = secretKey('3132333435363738393031323334353637383930');
-const policy: Policy = { maxOffset: 4, maxLinger: 600, logoutOnIpChange: false, maxFailures: 5, lockoutSeconds: 300 };
+const policy: Policy = { maxOffset: 4, maxLinger: 600, logoutOnIpChange: false, maxFailures: 5, lockoutSeconds: 300, maxLockoutSeconds: 0, permanentLockAfter: 0 };
 
 interface Setup {
   users: UsersFile;
@@ -102,10 +102,10 @@ t.test('failures are counted exactly under concurrency, in the file where the la
   const { users, path } = setup(t, `HOTP carol 1 ${KEY} 0 0\nHOTP dave 1 ${KEY} 0\n`, { policy: { ...policy, maxFailures: 0 } });
   const wrong = await Promise.all(Array.from({ length: 40 }, () => users.authenticate('carol', '1000000', '10.0.0.1')));
   t.ok(wrong.every((o) => !o.granted && o.reason === 'bad_otp' && o.counted));
-  await users.reload(); // refusals are answered before their count is written: wait for the write
+  await users.flush(); // refusals are answered before their count is written: wait for the write
   t.same(fieldsOf(path, 'carol').slice(4), ['0', '40'], 'mod_authn_otp layout: 6 fields, failure count exact');
   await Promise.all(Array.from({ length: 7 }, () => users.authenticate('dave', '1000000', '10.0.0.1')));
-  await users.reload();
+  await users.flush();
   t.same(fieldsOf(path, 'dave'), ['HOTP', 'dave', '1', KEY, '0'], 'pam_oath layout has no failure field: the file is left alone');
   t.match(await users.authenticate('carol', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true });
   t.equal(fieldsOf(path, 'carol')[5], '0', 'success resets the count');
@@ -405,4 +405,39 @@ t.test('a logged-out time-token code is not accepted again after a restart', asy
   t.teardown(() => restarted.close());
   t.match(await restarted.authenticate('yuri', `1${code}`, '10.9.9.9'), { granted: false });
   t.match(await restarted.authenticate('yuri', `1${rfcTotp(KEY, now + 30)}`, '10.9.9.9'), { granted: true }, 'the next step logs in');
+});
+
+t.test('refusals are answered at once, the same way for unknown, known and locked users (no queue to time)', async (t) => {
+  const { users } = setup(t, `HOTP ivan 1 ${KEY} 0 0\nHOTP judy 1 ${KEY} 0 5\n`);
+  const answers = [
+    users.authenticate('nobody', '1123456', '10.0.0.1'),
+    users.authenticate('ivan', '1000000', '10.0.0.1'),
+    users.authenticate('ivan', '9000000', '10.0.0.1'),
+    users.authenticate('judy', `1${rfcHotp(KEY, 0)}`, '10.0.0.1'),
+  ];
+  t.same(answers.map((a) => a instanceof Promise), [false, false, false, false], 'no refusal waits for the file');
+  t.same(answers.map((a) => (a as { reason: string }).reason), ['unknown_user', 'bad_otp', 'bad_pin', 'locked']);
+  await users.flush();
+  t.equal(await users.authenticate('ivan', '1000000', '10.0.0.1') instanceof Promise, false,
+    'also while the previous failure count is still being written');
+});
+
+t.test('lingers are remembered by an HMAC of the password, and the file still decides', async (t) => {
+  const { users, path, clock } = setup(t, `HOTP kim 4242 ${KEY} 0 0\n`);
+  const password = `4242${rfcHotp(KEY, 0)}`;
+  t.match(await users.authenticate('kim', password, '10.0.0.1'), { granted: true, reason: 'ok' });
+  const ride = users.authenticate('kim', password, '10.0.0.1');
+  t.notOk(ride instanceof Promise, 'a linger is answered at once');
+  t.match(ride, { granted: true, reason: 'linger' });
+  t.ok(users.ridesLinger('kim', password, '10.0.0.1'));
+  t.notOk(users.ridesLinger('kim', `4242${rfcHotp(KEY, 1)}`, '10.0.0.1'), 'other credentials are not in the cache');
+  const cache = (users as unknown as { lingers: Map<string, unknown> }).lingers;
+  const keys = [...cache.keys()];
+  t.equal(keys.length, 1);
+  t.notOk(keys.some((k) => k.includes(password) || k.includes('4242')), 'neither the password nor the PIN is kept');
+  // An admin's edit (a logout by hand: the IP removed) ends the linger, cache or not.
+  writeFileSync(path, `HOTP kim 4242 ${KEY} 1 ${rfcHotp(KEY, 0)} ${formatLocalTime(clock.now)}\n`);
+  await users.reload();
+  t.notOk(users.ridesLinger('kim', password, '10.0.0.1'), 'the file says the linger is over');
+  t.match(await users.authenticate('kim', password, '10.0.0.1'), { granted: false });
 });
