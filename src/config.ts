@@ -87,6 +87,8 @@ const schema = z.strictObject({
   cookies,
   identityAssertion,
   // The request line and headers together (Node's maxHeaderSize); more gets 431.
+  // Prometheus metrics on their own address (unset: none), never on the public one.
+  metricsListen: z.string().optional(),
   maxHeaderBytes: z.number().int('expected a whole number').min(4096).max(1024 * 1024).default(16 * 1024),
 });
 
@@ -97,8 +99,9 @@ export interface Listen {
   readonly port: number;
 }
 
-export interface Config extends Omit<Raw, 'listen' | 'upstream' | 'usersFile' | 'trustedProxies'> {
+export interface Config extends Omit<Raw, 'listen' | 'upstream' | 'usersFile' | 'trustedProxies' | 'metricsListen'> {
   readonly listen: Listen;
+  readonly metricsListen?: Listen | undefined;
   readonly upstream: URL;
   readonly usersFile: string;
   readonly trustedProxies: readonly string[];
@@ -172,6 +175,8 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
   const raw = parsed.data;
   const listen = parseListen(raw.listen);
   if (!listen) errors.push(`${source}: listen: expected host:port, e.g. 127.0.0.1:8080 or [::1]:8080`);
+  const metricsListen = raw.metricsListen === undefined ? undefined : parseListen(raw.metricsListen);
+  if (raw.metricsListen !== undefined && !metricsListen) errors.push(`${source}: metricsListen: expected host:port, e.g. 127.0.0.1:9464`);
   let upstream: URL | undefined;
   try {
     upstream = new URL(raw.upstream);
@@ -190,6 +195,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
   const config: Config = {
     ...raw,
     listen,
+    metricsListen,
     upstream,
     usersFile: resolve(baseDir, raw.usersFile),
     tls: raw.tls ? { cert: resolve(baseDir, raw.tls.cert), key: resolve(baseDir, raw.tls.key) } : undefined,

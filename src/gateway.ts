@@ -17,6 +17,7 @@ import {
 } from './responses.js';
 import { Throttle, type ThrottlePolicy } from './throttle.js';
 import { assertionSigner, type Signer } from './assertion.js';
+import type { Metrics } from './metrics.js';
 import type { Outcome, UsersFile } from './usersFile.js';
 import { VERSION } from './logger.js';
 
@@ -114,7 +115,9 @@ export class Gateway {
   private readonly log: Logger;
   // Keep-alive pools to the backend, one per origin (a reload may switch it).
   private readonly pools = new Map<string, Pool>();
-  private readonly throttle: Throttle;
+  readonly throttle: Throttle;
+  /** set when metricsListen is configured */
+  metrics: Metrics | undefined;
   /** epoch seconds (injectable for tests) */
   private readonly clock: () => number;
 
@@ -259,7 +262,9 @@ export class Gateway {
         return;
       }
     }
+    const started = this.metrics ? performance.now() : 0;
     this.settle(users.authenticate(login, password, ip, false, facts?.usual ?? false), (outcome) => {
+      this.metrics?.authSeconds.observe((performance.now() - started) / 1000);
       this.audit(login, ip, outcome, false);
       if (outcome.reason === 'ok') this.throttle.succeeded(login, ip, now);
       else if (!outcome.granted && !outcome.unavailable && countsAsGuess(outcome)) {
@@ -295,9 +300,16 @@ export class Gateway {
     const { secure, httpOnly, sameSite } = config.cookies;
     const addSecure = secure === 'auto' ? scheme === 'https' : secure;
     const cookies = addSecure || httpOnly || sameSite !== undefined ? { secure: addSecure, httpOnly, sameSite } : undefined;
-    const send = (): void => forward(req, res, headers, live.upstream, clientOrigin, (err) => this.upstreamFailed(err, res, live), {
-      cookies, extra: live.securityHeaders,
-    });
+    const { metrics } = this;
+    const send = (): void => {
+      if (metrics) {
+        const started = performance.now();
+        res.once('finish', () => metrics.upstreamSeconds.observe((performance.now() - started) / 1000));
+      }
+      forward(req, res, headers, live.upstream, clientOrigin, (err) => this.upstreamFailed(err, res, live), {
+        cookies, extra: live.securityHeaders,
+      });
+    };
     if (!assertion) {
       send();
       return;
@@ -323,6 +335,7 @@ export class Gateway {
 
   private upstreamFailed(err: Error, res: ServerResponse, live: Live): void {
     const timedOut = err instanceof UpstreamTimeout;
+    this.metrics?.upstreamFailures.labels(timedOut ? 'timeout' : 'error').inc();
     this.log.warn({ event: timedOut ? 'upstream_timeout' : 'upstream_error', code: (err as NodeJS.ErrnoException).code,
       err: err.message }, timedOut ? 'backend did not answer in time' : 'backend unreachable');
     if (res.headersSent) res.destroy();
@@ -344,6 +357,7 @@ export class Gateway {
   }
 
   private audit(login: string, ip: string, outcome: Outcome, logoutPath: boolean, retryAfter?: number): void {
+    this.metrics?.logins.labels(outcome.granted ? 'granted' : 'denied', outcome.reason).inc();
     // A linger is every page resource of a logged-in agent: debug level, built only when wanted.
     if (outcome.reason === 'linger' && !this.log.isLevelEnabled('debug')) return;
     const entry = {

@@ -5,10 +5,12 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { loadConfig, type Config } from './config.js';
 import type { Policy } from './decision.js';
+import type { Server } from 'node:http';
 import { AssertionKeyError, assertionSigner } from './assertion.js';
+import { Metrics } from './metrics.js';
 import { Gateway } from './gateway.js';
 import { createLogger, VERSION } from './logger.js';
-import { UnsafeUsersFileError, UsersFile, UsersFileError, safetyProblems, type FileSafety } from './usersFile.js';
+import { UnsafeUsersFileError, UsersFile, UsersFileError, safetyProblems, type FileSafety, type WriteObserver } from './usersFile.js';
 import { parseUsersFile } from './usersFileFormat.js';
 
 /** A failure for people: one line on stderr, and the exit status it calls for. */
@@ -65,11 +67,22 @@ export function openUsersFile(config: Config, log: Logger, options: { clock?: ()
 
 export interface Running {
   readonly address: AddressInfo;
+  /** the metrics listener's, when metricsListen is set */
+  readonly metricsAddress: AddressInfo | undefined;
   readonly gateway: Gateway;
   users: UsersFile;
   reload(): Promise<boolean>;
   stop(): Promise<void>;
 }
+
+const observerOf = (metrics: Metrics): WriteObserver => ({
+  lockWaited: (seconds) => metrics.lockWaitSeconds.observe(seconds),
+  wrote: (batch, seconds) => {
+    metrics.writes.inc();
+    metrics.writeBatch.observe(batch);
+    metrics.writeSeconds.observe(seconds);
+  },
+});
 
 /** Start the gateway for a validated config. `clock` (epoch seconds) is for tests. */
 export async function start(config: Config, log: Logger, reread?: () => Config, options: { clock?: () => number } = {}): Promise<Running> {
@@ -91,6 +104,33 @@ export async function start(config: Config, log: Logger, reread?: () => Config, 
     const code = (err as NodeJS.ErrnoException).code ?? 'error';
     throw new CliError(`${config.source}: listen: cannot listen on ${config.listen.host}:${config.listen.port} (${code})`, 1);
   }
+  let metricsServer: Server | undefined;
+  let metrics: Metrics | undefined;
+  // What a scrape reads (a reload may swap the users file).
+  const scraped = { users };
+  if (config.metricsListen) {
+    metrics = new Metrics({
+      users: () => {
+        const u = scraped.users;
+        return { users: u.userCount, tokens: u.tokenCount, malformedLines: u.malformedLines, usable: u.usable, lingering: u.lingerCount };
+      },
+      throttledKeys: () => gateway.throttle.size,
+    });
+    try {
+      const { host, port } = config.metricsListen;
+      const served = await metrics.listen(host, port);
+      metricsServer = served.server;
+      lifecycle(log).info({ event: 'metrics', listen: `${served.address.address}:${served.address.port}` },
+        `metrics on http://${served.address.address}:${served.address.port}/metrics`);
+    } catch (err) {
+      await gateway.close();
+      await users.close();
+      const code = (err as NodeJS.ErrnoException).code ?? 'error';
+      throw new CliError(`${config.source}: metricsListen: cannot listen on ${config.metricsListen.host}:${config.metricsListen.port} (${code})`, 1);
+    }
+    gateway.metrics = metrics;
+    users.observer = observerOf(metrics);
+  }
   lifecycle(log).info({
     event: 'start', version: VERSION, listen: `${address.address}:${address.port}`, tls: Boolean(config.tls),
     upstream: config.upstream.href, usersFile: config.usersFile, users: users.userCount, malformedLines: users.malformedLines,
@@ -99,6 +139,7 @@ export async function start(config: Config, log: Logger, reread?: () => Config, 
   let current = config;
   const running: Running = {
     address,
+    metricsAddress: metricsServer?.address() as AddressInfo | undefined,
     gateway,
     users,
     async reload(): Promise<boolean> {
@@ -108,6 +149,7 @@ export async function start(config: Config, log: Logger, reread?: () => Config, 
       } catch (err) {
         for (const line of (err as Error).message.split('\n')) log.error({ event: 'reload_failed' }, line);
         log.error({ event: 'reload_failed' }, 'reload failed: keeping the running configuration');
+        metrics?.reloads.labels('failed').inc();
         return false;
       }
       for (const key of ['listen', 'headersTimeout', 'requestTimeout', 'keepAliveTimeout', 'maxHeaderBytes'] as const) {
@@ -137,14 +179,18 @@ export async function start(config: Config, log: Logger, reread?: () => Config, 
       if (nextUsers !== running.users) {
         const old = running.users;
         running.users = nextUsers;
+        scraped.users = nextUsers;
         await old.close();
       }
       log.level = next.logLevel;
       current = next;
+      if (metrics) nextUsers.observer = observerOf(metrics);
+      metrics?.reloads.labels('ok').inc();
       lifecycle(log).info({ event: 'reload', users: nextUsers.userCount }, 'configuration and users file reloaded');
       return true;
     },
     async stop(): Promise<void> {
+      if (metricsServer) await new Promise<void>((resolve) => metricsServer?.close(() => resolve()));
       await gateway.close();
       await running.users.close();
     },

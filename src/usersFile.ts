@@ -74,6 +74,12 @@ function hmacPads(): { inner: string; outer: string } {
 }
 const LINGER: Outcome = Object.freeze({ granted: true, reason: 'linger' });
 
+/** Told about every durable write (metrics). */
+export interface WriteObserver {
+  lockWaited(seconds: number): void;
+  wrote(batch: number, seconds: number): void;
+}
+
 export interface UsersFileOptions {
   readonly path: string;
   readonly policy: Policy;
@@ -337,6 +343,11 @@ export class UsersFile {
   get userCount(): number { return this.model.index.size; }
   get tokenCount(): number { return this.model.tokenCount; }
   get malformedLines(): number { return this.model.problems.length; }
+  /** credentials remembered as riding a linger */
+  get lingerCount(): number { return this.lingers.size; }
+
+  /** metrics: told about lock waits and writes */
+  observer: WriteObserver | undefined;
 
   setPolicy(policy: Policy): void { this.policy = policy; }
 
@@ -719,6 +730,7 @@ export class UsersFile {
       if (this.held === undefined) {
         const lock = await lockUsersFile(this.path, this.lockTimeoutMs);
         this.held = { lock, since: performance.now() };
+        this.observer?.lockWaited((this.held.since - t0) / 1000);
         // Nobody who respects the lock can change the file while we keep it:
         // one re-read per acquisition, and a check of the file's identity
         // just before each rename for those who do not (see write()).
@@ -797,6 +809,7 @@ export class UsersFile {
       this.model = next;
       // Nothing refers to the old content any more: the next write fills it.
       this.spare = model.bytes.length >= 65536 && model.bytes.byteOffset === 0 ? Buffer.from(model.bytes.buffer) : undefined;
+      this.observer?.wrote(timing.batch ?? 1, (performance.now() - started) / 1000);
       const ms = (n: number): number => Math.round(n * 10) / 10;
       this.log.debug({
         event: 'users_file_write', lines: lineChanges.size, batch: timing.batch, lockMs: ms(timing.lockMs ?? 0),

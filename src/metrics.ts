@@ -1,0 +1,94 @@
+// Prometheus metrics on their own listener (metricsListen), never on the public
+// port. No label ever holds a login, an IP or a secret: only fixed values, so
+// the number of series stays bounded and nothing leaks through a scrape.
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** What the gauges read when scraped. */
+export interface MetricsSources {
+  users(): { users: number; tokens: number; malformedLines: number; usable: boolean; lingering: number };
+  throttledKeys(): number;
+}
+
+const SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly logins = new Counter({
+    name: 'otpgate_logins_total', help: 'Authentication decisions, by result (granted, denied) and reason (ok, linger, bad_pin, bad_otp, unknown_user, locked, logout, throttled).',
+    labelNames: ['result', 'reason'] as const, registers: [this.registry],
+  });
+  readonly authSeconds = new Histogram({
+    name: 'otpgate_auth_duration_seconds', help: 'Time from a request\'s arrival to its authentication decision (the gateway\'s own time; includes the durable write of a fresh login).',
+    buckets: SECONDS, registers: [this.registry],
+  });
+  readonly upstreamSeconds = new Histogram({
+    name: 'otpgate_upstream_duration_seconds', help: 'Time from sending a request to the backend until its answer ended.',
+    buckets: SECONDS, registers: [this.registry],
+  });
+  readonly upstreamFailures = new Counter({
+    name: 'otpgate_upstream_failures_total', help: 'Backend failures, by kind (error: 502 or a cut answer; timeout: 504).',
+    labelNames: ['kind'] as const, registers: [this.registry],
+  });
+  readonly writes = new Counter({
+    name: 'otpgate_users_file_writes_total', help: 'Durable users-file writes (one per group commit).', registers: [this.registry],
+  });
+  readonly writeBatch = new Histogram({
+    name: 'otpgate_users_file_write_batch_size', help: 'Logins decided per group commit.',
+    buckets: [1, 2, 5, 10, 20, 50, 100, 200], registers: [this.registry],
+  });
+  readonly writeSeconds = new Histogram({
+    name: 'otpgate_users_file_write_duration_seconds', help: 'Time of one durable write (temp file, fsync, rename, fsync of the directory).',
+    buckets: SECONDS, registers: [this.registry],
+  });
+  readonly lockWaitSeconds = new Histogram({
+    name: 'otpgate_users_file_lock_wait_seconds', help: 'Time waited for the users-file lock.',
+    buckets: SECONDS, registers: [this.registry],
+  });
+  readonly reloads = new Counter({
+    name: 'otpgate_reloads_total', help: 'Reloads (SIGHUP), by result (ok, failed).', labelNames: ['result'] as const, registers: [this.registry],
+  });
+
+  constructor(sources: MetricsSources) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'otpgate_' });
+    // Read when scraped: nothing to update on the request path.
+    const gauge = (name: string, help: string, read: () => number): void => {
+      new Gauge({ name, help, registers: [this.registry], collect() { this.set(read()); } });
+    };
+    gauge('otpgate_users', 'Users in the users file.', () => sources.users().users);
+    gauge('otpgate_tokens', 'Token lines in the users file.', () => sources.users().tokens);
+    gauge('otpgate_users_file_malformed_lines', 'Lines of the users file that cannot be used (see the users_file_line log events).',
+      () => sources.users().malformedLines);
+    gauge('otpgate_users_file_usable', '1 when the users file can be used, 0 when logins are refused with 503.',
+      () => (sources.users().usable ? 1 : 0));
+    gauge('otpgate_lingering_sessions', 'Credentials remembered as riding a linger (an upper bound of active sessions).',
+      () => sources.users().lingering);
+    gauge('otpgate_throttle_entries', 'IPs, accounts and IP-account pairs with failures counted by the throttle.', sources.throttledKeys);
+  }
+
+  /** The exposition text. */
+  scrape(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  /** Serve GET /metrics on its own address. */
+  listen(host: string, port: number): Promise<{ server: Server; address: AddressInfo }> {
+    const server = createServer((req, res) => {
+      if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
+        res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: GET /metrics\n');
+        return;
+      }
+      this.scrape().then((text) => {
+        res.writeHead(200, { 'Content-Type': this.registry.contentType, 'Cache-Control': 'no-store' }).end(text);
+      }, () => res.writeHead(500).end());
+    });
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve({ server, address: server.address() as AddressInfo });
+      });
+    });
+  }
+}
