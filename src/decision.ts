@@ -245,7 +245,10 @@ export function decide(lines: readonly TokenState[], attempt: Attempt, policy: P
       continue; // a used code outside its linger: refused, but a replay is not a guess
     }
     if (s.retiredOtp !== undefined && codesEqual(parts.code, s.retiredOtp)) continue;
-    if (attempt.logout) continue; // logout never consumes a fresh code
+    if (attempt.logout) {
+      tryCode(s, parts.code, attempt, policy); // the work of a wrong PIN: the time tells nothing
+      continue; // logout never consumes a fresh code
+    }
     const counter = tryCode(s, parts.code, attempt, policy);
     if (counter === undefined) {
       badCode = true;
@@ -258,7 +261,8 @@ export function decide(lines: readonly TokenState[], attempt: Attempt, policy: P
     }
     return verdict(true, 'ok', false, i);
   }
-  if (attempt.logout) return verdict(false, 'logout');
+  // A logout with a wrong PIN or code ended nothing: it says so (it counts nowhere, but the throttle sees a guess).
+  if (attempt.logout) return verdict(false, badPin ? 'bad_pin' : badCode ? 'bad_otp' : 'logout');
   if (!badPin && !badCode) return verdict(false, 'bad_otp');
   for (const i of open) {
     const s = lines[i] as TokenState;

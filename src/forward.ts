@@ -61,6 +61,8 @@ export function forward(
   clientOrigin: string, failed: (err: Error) => void,
   answer: { readonly cookies?: CookiePolicy | undefined; readonly extra?: readonly (readonly [string, string])[] } = {},
 ): void {
+  // The client left before the request could go (e.g. while its assertion was signed).
+  if (res.destroyed) return;
   const body = hasBody(req);
   const options: Dispatcher.DispatchOptions = {
     path: upstreamPath(upstream.url, req.url ?? '/'),
@@ -88,7 +90,10 @@ export function forward(
         res.writeHead(statusCode, statusMessage, downstreamHeaders(responseHeaders, upstream.url, clientOrigin, answer.cookies, answer.extra));
       },
       onResponseData(c, chunk) {
-        if (!res.write(chunk)) {
+        if (res.write(chunk)) return;
+        // A destroyed answer never drains: a paused request would hold its backend connection for good.
+        if (res.destroyed) c.abort(new Error('client left'));
+        else {
           c.pause();
           res.once('drain', resume);
         }

@@ -235,8 +235,19 @@ export class Gateway {
         challenge(this.own(res, live), config.realm, closeAfter);
         return;
       }
-      this.settle(live.users.authenticate(credentials.login, credentials.password, ip, true), (outcome) => {
-        this.audit(credentials.login, ip, outcome, true);
+      // Throttled like a login (it checks a password too), answered the same either way.
+      const { login, password } = credentials;
+      const now = this.clock();
+      const known = live.users.knows(login);
+      const usual = this.throttle.isUsual(login, ip, now) || live.users.lastLoggedInFrom(login, ip);
+      if (this.throttle.size > 0 && this.throttle.wait(login, ip, known, usual, now) > 0) {
+        challenge(this.own(res, live), config.realm, closeAfter);
+        return;
+      }
+      this.settle(live.users.authenticate(login, password, ip, true, usual), (outcome) => {
+        this.audit(login, ip, outcome, true);
+        // Credentials that end nothing are a guess like a wrong password.
+        if (outcome.reason !== 'logout' && !outcome.unavailable) this.throttle.failed(login, ip, known, usual, now);
         challenge(this.own(res, live), config.realm, closeAfter);
       });
       return;
@@ -315,6 +326,7 @@ export class Gateway {
       return;
     }
     assertion.sign(login, this.clock()).then((jwt) => {
+      if (res.destroyed) return; // the client left while it was signed
       headers[assertion.header] = jwt;
       send();
     }, (err: Error) => {

@@ -379,6 +379,7 @@ export class UsersFile {
     if (this.problem !== undefined) return { granted: false, reason: 'unknown_user', unavailable: true };
     const lines = this.model.index.get(login);
     if (lines === undefined || this.model.refused.has(login)) {
+      this.lingerKeyOf(login, password); // the work a known login's lookup costs
       decoyCheck(password, this.policy);
       return lines === undefined ? { granted: false, reason: 'unknown_user' }
         : { granted: false, reason: 'unknown_user', detail: 'malformed line in users file' };
@@ -387,7 +388,9 @@ export class UsersFile {
     const now = this.clock();
     if (!logout && this.rideCached(lines, lingerKey, ip, now)) return LINGER;
     const states = lines.map((i) => this.stateOf(this.model, i, now));
-    const verdict = decide(states, { password, ip, now, logout, usualIp }, this.policy);
+    // The file's last login IP makes an IP usual too (the caller knows only recent logins of this process).
+    const usual = usualIp || states.some((s) => s.lastIp === ip);
+    const verdict = decide(states, { password, ip, now, logout, usualIp: usual }, this.policy);
     if (verdict.reason === 'linger') {
       // Only the idle clock moves, and it lives in memory: no write, no wait.
       for (const [k, s] of verdict.changes) {
@@ -400,11 +403,11 @@ export class UsersFile {
     if (!verdict.granted && verdict.reason !== 'logout') {
       if (verdict.reason === 'locked') decoyCheck(password, this.policy); // the work a check would have cost
       if (verdict.changes.size > 0) {
-        this.enqueue({ login, password, ip, logout, usualIp, answered: true, lingerKey, resolve: ignoreOutcome });
+        this.enqueue({ login, password, ip, logout, usualIp: usual, answered: true, lingerKey, resolve: ignoreOutcome });
       }
       return this.outcome(verdict);
     }
-    return new Promise<Outcome>((resolve) => this.enqueue({ login, password, ip, logout, usualIp, answered: false, lingerKey, resolve }));
+    return new Promise<Outcome>((resolve) => this.enqueue({ login, password, ip, logout, usualIp: usual, answered: false, lingerKey, resolve }));
   }
 
   /** Do these credentials ride a linger they rode before (see lingers)? Moves its idle clock if so. */

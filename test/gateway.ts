@@ -729,6 +729,34 @@ t.test('lockout-DoS: failures from elsewhere do not keep the owner out from its 
   t.equal(counterOf(gw.usersPath, 'alice'), 2);
 });
 
+t.test('a lock from before a restart does not hold from the IP the file records as the owner\'s last login', async (t) => {
+  const clock = { now: 1_800_000_000 };
+  const gw = await gateway(t, { clock: () => clock.now, config: { trustedProxies: ['127.0.0.1'], maxLinger: 0 } });
+  const from = (ip: string, password: string): Promise<Reply> =>
+    request(gw.port, { auth: ['carol', password], headers: { 'X-Forwarded-For': ip } });
+  // carol's line: 5 failures (locked) and, written by hand, a last login from 198.51.100.8.
+  const lines = readFileSync(gw.usersPath, 'utf8').replace(/^HOTP carol .*$/m,
+    `HOTP carol ${PIN.carol} ${KEYS.carol} 0 5 ${code('carol', 99)} 2026-01-01T00:00:00L 198.51.100.8`);
+  writeFileSync(gw.usersPath, lines);
+  await gw.running.users.reload();
+  t.equal((await from('192.0.2.40', `${PIN.carol}${code('carol', 0)}`)).status, 401, 'locked from elsewhere');
+  t.equal((await from('198.51.100.8', `${PIN.carol}${code('carol', 1)}`)).status, 200,
+    'from its recorded IP, at once (no throttle state needed)');
+});
+
+t.test('the logout path is throttled like a login', async (t) => {
+  const gw = await gateway(t, { config: { trustedProxies: ['127.0.0.1'] } });
+  const statuses: number[] = [];
+  for (let i = 0; i < 8; i++) {
+    const r = await request(gw.port, { path: '/otpgate/logout', auth: ['alice', `${PIN.wrong}${wrongCode('alice')}`],
+      headers: { 'X-Forwarded-For': '192.0.2.50' } });
+    statuses.push(r.status);
+  }
+  t.ok(statuses.every((s) => s === 401), 'always the challenge');
+  const audited = auditEvents(gw.logs).filter((e) => e.path === 'logout').length;
+  t.ok(audited < 8, `only ${audited} of 8 were checked: the rest waited unchecked`);
+});
+
 t.test('an office behind one NAT address: logged-in agents keep working when its IP is throttled', async (t) => {
   const clock = { now: 1_800_000_000 };
   const gw = await gateway(t, { clock: () => clock.now, config: { trustedProxies: ['127.0.0.1'] } });
