@@ -15,40 +15,28 @@ const SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 export class Metrics {
   readonly registry = new Registry();
-  readonly logins = new Counter({
-    name: 'otpgate_logins_total', help: 'Authentication decisions, by result (granted, denied) and reason (ok, linger, bad_pin, bad_otp, unknown_user, locked, logout, throttled).',
-    labelNames: ['result', 'reason'] as const, registers: [this.registry],
-  });
-  readonly authSeconds = new Histogram({
-    name: 'otpgate_auth_duration_seconds', help: 'Time from a request\'s arrival to its authentication decision (the gateway\'s own time; includes the durable write of a fresh login).',
-    buckets: SECONDS, registers: [this.registry],
-  });
-  readonly upstreamSeconds = new Histogram({
-    name: 'otpgate_upstream_duration_seconds', help: 'Time from sending a request to the backend until its answer ended.',
-    buckets: SECONDS, registers: [this.registry],
-  });
-  readonly upstreamFailures = new Counter({
-    name: 'otpgate_upstream_failures_total', help: 'Backend failures, by kind (error: 502 or a cut answer; timeout: 504).',
-    labelNames: ['kind'] as const, registers: [this.registry],
-  });
-  readonly writes = new Counter({
-    name: 'otpgate_users_file_writes_total', help: 'Durable users-file writes (one per group commit).', registers: [this.registry],
-  });
-  readonly writeBatch = new Histogram({
-    name: 'otpgate_users_file_write_batch_size', help: 'Logins decided per group commit.',
-    buckets: [1, 2, 5, 10, 20, 50, 100, 200], registers: [this.registry],
-  });
-  readonly writeSeconds = new Histogram({
-    name: 'otpgate_users_file_write_duration_seconds', help: 'Time of one durable write (temp file, fsync, rename, fsync of the directory).',
-    buckets: SECONDS, registers: [this.registry],
-  });
-  readonly lockWaitSeconds = new Histogram({
-    name: 'otpgate_users_file_lock_wait_seconds', help: 'Time waited for the users-file lock.',
-    buckets: SECONDS, registers: [this.registry],
-  });
-  readonly reloads = new Counter({
-    name: 'otpgate_reloads_total', help: 'Reloads (SIGHUP), by result (ok, failed).', labelNames: ['result'] as const, registers: [this.registry],
-  });
+  readonly logins = this.counter('otpgate_logins_total',
+    'Authentication decisions, by result (granted, denied) and reason (ok, linger, bad_pin, bad_otp, unknown_user, locked, logout, throttled).',
+    ['result', 'reason']);
+  readonly authSeconds = this.histogram('otpgate_auth_duration_seconds',
+    'Time from a request\'s arrival to its authentication decision (the gateway\'s own time; includes the durable write of a fresh login).');
+  readonly upstreamSeconds = this.histogram('otpgate_upstream_duration_seconds', 'Time from sending a request to the backend until its answer ended.');
+  readonly upstreamFailures = this.counter('otpgate_upstream_failures_total',
+    'Backend failures, by kind (error: 502 or a cut answer; timeout: 504).', ['kind']);
+  readonly writes = this.counter('otpgate_users_file_writes_total', 'Durable users-file writes (one per group commit).', []);
+  readonly writeBatch = this.histogram('otpgate_users_file_write_batch_size', 'Logins decided per group commit.', [1, 2, 5, 10, 20, 50, 100, 200]);
+  readonly writeSeconds = this.histogram('otpgate_users_file_write_duration_seconds',
+    'Time of one durable write (temp file, fsync, rename, fsync of the directory).');
+  readonly lockWaitSeconds = this.histogram('otpgate_users_file_lock_wait_seconds', 'Time waited for the users-file lock.');
+  readonly reloads = this.counter('otpgate_reloads_total', 'Reloads (SIGHUP), by result (ok, failed).', ['result']);
+
+  private counter<L extends string>(name: string, help: string, labelNames: readonly L[]): Counter<L> {
+    return new Counter({ name, help, labelNames, registers: [this.registry] });
+  }
+
+  private histogram(name: string, help: string, buckets = SECONDS): Histogram {
+    return new Histogram({ name, help, buckets, registers: [this.registry] });
+  }
 
   constructor(sources: MetricsSources) {
     collectDefaultMetrics({ register: this.registry, prefix: 'otpgate_' });
