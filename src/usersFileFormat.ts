@@ -135,7 +135,8 @@ export function parseLine(text: string, lineNo: number): ParsedLine {
   let counter = 0;
   if (counterText !== undefined) {
     if (!isSafeInt(counterText, type.stepSeconds > 0)) {
-      return invalid(`invalid ${type.stepSeconds > 0 ? 'time offset' : 'counter'} "${counterText.slice(0, 20)}"`);
+      // Not echoed: a line with a field too many can hold a key here.
+      return invalid(`invalid ${type.stepSeconds > 0 ? 'time offset' : 'counter'} (field 5: expected a whole number)`);
     }
     counter = Number(counterText);
   }
@@ -148,7 +149,7 @@ export function parseLine(text: string, lineNo: number): ParsedLine {
   const [lastOtp, timeText, lastIp] = rest as [string | undefined, string | undefined, string | undefined];
   let failures: number | undefined;
   if (failuresText !== undefined) {
-    if (!isSafeInt(failuresText, false)) return invalid(`invalid failure count "${failuresText.slice(0, 20)}"`);
+    if (!isSafeInt(failuresText, false)) return invalid('invalid failure count (field 6: expected a whole number)');
     failures = Number(failuresText);
   }
   if (timeText !== undefined && !isLocalTimeText(timeText)) return invalid(`invalid timestamp "${timeText.slice(0, 30)}"`);

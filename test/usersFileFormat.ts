@@ -219,3 +219,12 @@ t.test('non-UTF-8 bytes: the line is refused and kept byte for byte', async (t) 
   t.equal(model.refused.size, 0, 'a login that is not UTF-8 names nobody who could log in');
   t.ok(model.index.has('ok'));
 });
+
+t.test('a reason never echoes a field that may hold a key (a line with a field too many)', async (t) => {
+  const second = 'a1b2c3d4e5f6a7b8c9d0a1b2c3d4e5f6a7b8c9d0';
+  for (const line of [`HOTP al 1234 ${KEY} ${second}`, `HOTP al 1234 ${KEY} 0 ${second}`]) {
+    const p = parseLine(line, 1);
+    t.equal(p.kind, 'invalid');
+    if (p.kind === 'invalid') t.notMatch(p.reason, /a1b2c3/, `not in "${p.reason}"`);
+  }
+});
