@@ -238,8 +238,7 @@ export class Gateway {
       // Throttled like a login (it checks a password too), answered the same either way.
       const { login, password } = credentials;
       const now = this.clock();
-      const known = live.users.knows(login);
-      const usual = this.throttle.isUsual(login, ip, now) || live.users.lastLoggedInFrom(login, ip);
+      const { known, usual } = this.attemptFacts(live.users, login, ip, now);
       if (this.throttle.size > 0 && this.throttle.wait(login, ip, known, usual, now) > 0) {
         challenge(this.own(res, live), config.realm, closeAfter);
         return;
@@ -260,8 +259,7 @@ export class Gateway {
     const { users } = live;
     const now = this.clock();
     // Only once something failed is there anything to look up (the common case costs nothing).
-    const facts = this.throttle.size === 0 ? undefined
-      : { known: users.knows(login), usual: this.throttle.isUsual(login, ip, now) || users.lastLoggedInFrom(login, ip) };
+    let facts = this.throttle.size === 0 ? undefined : this.attemptFacts(users, login, ip, now);
     if (facts) {
       const wait = this.throttle.wait(login, ip, facts.known, facts.usual, now);
       // An agent's logged-in session is no guess: its IP's count (a busy office
@@ -279,12 +277,18 @@ export class Gateway {
       this.audit(login, ip, outcome, false);
       if (outcome.reason === 'ok') this.throttle.succeeded(login, ip, now);
       else if (!outcome.granted && !outcome.unavailable && countsAsGuess(outcome)) {
-        this.throttle.failed(login, ip, facts?.known ?? users.knows(login), facts?.usual ?? users.lastLoggedInFrom(login, ip), now);
+        facts ??= this.attemptFacts(users, login, ip, now);
+        this.throttle.failed(login, ip, facts.known, facts.usual, now);
       }
       if (outcome.unavailable) unavailable(this.own(res, live));
       else if (!outcome.granted) challenge(this.own(res, live), config.realm, closeAfter);
       else this.forward(req, res, live, login, peer, peerTrusted);
     });
+  }
+
+  /** What the throttle needs to know of an attempt: is the login in the file, is the IP usual for it? */
+  private attemptFacts(users: UsersFile, login: string, ip: string, now: number): { known: boolean; usual: boolean } {
+    return { known: users.knows(login), usual: this.throttle.isUsual(login, ip, now) || users.lastLoggedInFrom(login, ip) };
   }
 
   /** Run `then` now for a synchronous outcome, or when the promise settles. */
