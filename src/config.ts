@@ -5,6 +5,7 @@ import { BlockList, isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
+import { parseTokenType } from './usersFileFormat.js';
 import { UNFIT_FOR_IDENTITY, isValidHeaderName, normalizedHeaderName } from './headers.js';
 
 const seconds = (min: number) => z.number({ error: 'expected a number of seconds' }).int('expected whole seconds').min(min);
@@ -55,6 +56,20 @@ const identityAssertion = z.strictObject({
   ttlSeconds: seconds(1).max(3600).default(60),
 }).optional();
 
+// What `otpgate users add` and `set-pin` accept as a new PIN; lines already in the file are not judged.
+const pinPolicy = z.strictObject({
+  minLength: z.number().int('expected a whole number').min(0).max(64).default(4),
+  digitsOnly: z.boolean().default(false),
+}).prefault({});
+
+// The otpauth:// URI `otpgate users add` shows the phone app.
+const enrolment = z.strictObject({
+  /** what the app shows above the code; default: realm */
+  issuer: z.string().min(1).max(100).optional(),
+  type: z.string().refine((t) => parseTokenType(t)?.algorithm === 'HOTP', 'expected an HOTP token type, e.g. HOTP/T30 or HOTP/E/8')
+    .default('HOTP/T30'),
+}).prefault({});
+
 const schema = z.strictObject({
   listen: z.string().default('127.0.0.1:8080'),
   upstream: z.string({ error: 'required: the backend base URL, e.g. http://127.0.0.1:8081' }),
@@ -90,6 +105,10 @@ const schema = z.strictObject({
   // Prometheus metrics on their own address (unset: none), never on the public one.
   metricsListen: z.string().optional(),
   maxHeaderBytes: z.number().int('expected a whole number').min(4096).max(1024 * 1024).default(16 * 1024),
+  // New PINs set by the admin CLI are stored as scrypt hashes (mod_authn_otp and pam_oath cannot read those lines).
+  hashPins: z.boolean().default(false),
+  pinPolicy,
+  enrolment,
 });
 
 type Raw = z.infer<typeof schema>;
