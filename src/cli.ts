@@ -1,11 +1,14 @@
 // The `otpgate` command line. Exit status: 0 ok; 2 bad config or usage; 1 other failure.
 // Errors go to stderr, one line each, never a stack trace.
 import { Command, CommanderError } from 'commander';
+import { adminError, otpCommand, usersCommand } from './adminCli.js';
 import { demo } from './demo.js';
+import { Prompter } from './prompt.js';
 import { VERSION } from './logger.js';
 import { CliError, checkConfig, configFileFrom, serve } from './serve.js';
 
 function fail(err: unknown): never {
+  err = adminError(err) ?? err;
   if (err instanceof CliError) {
     process.stderr.write(`${err.message}\n`);
     process.exit(err.exitCode);
@@ -43,8 +46,21 @@ export async function main(argv: readonly string[]): Promise<void> {
       process.exitCode = ok ? 0 : 2;
     });
 
+  const prompter = new Prompter();
+  program.addCommand(usersCommand(prompter));
+  program.addCommand(otpCommand());
+  // Subcommands inherit neither the exit override nor the output: usage errors must exit 2 everywhere.
+  const override = (cmd: Command): void => {
+    for (const sub of cmd.commands) {
+      sub.exitOverride().configureOutput({ writeErr: (s) => process.stderr.write(s) });
+      override(sub);
+    }
+  };
+  override(program);
+
   try {
     await program.parseAsync(argv as string[]);
+    prompter.close();
   } catch (err) {
     if (err instanceof CommanderError) {
       process.exit(err.exitCode === 0 ? 0 : 2);

@@ -164,7 +164,7 @@ export function lastUsedStep(s: TokenState, maxOffset: number): number | undefin
  * event token forgets its last OTP, as mod_authn_otp does: its counter has
  * moved past that code anyway.
  */
-function endLinger(s: TokenState, maxOffset: number): TokenState {
+export function endLinger(s: TokenState, maxOffset: number): TokenState {
   const ended = { ...s, lastIp: undefined, lastActive: undefined, usedStep: lastUsedStep(s, maxOffset), retiredOtp: s.lastOtp };
   if (s.spec.liboathLayout || s.spec.type.stepSeconds > 0) return ended;
   return { ...ended, lastOtp: undefined, lastTime: undefined };

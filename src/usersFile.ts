@@ -110,9 +110,9 @@ function tokenKey(t: TokenLine): string {
   return key;
 }
 
-interface FileIdentity { ino: number; size: number; mtimeMs: number; ctimeMs: number }
-const identityOf = (s: Stats): FileIdentity => ({ ino: s.ino, size: s.size, mtimeMs: s.mtimeMs, ctimeMs: s.ctimeMs });
-const sameIdentity = (a: FileIdentity | undefined, b: FileIdentity): boolean =>
+export interface FileIdentity { ino: number; size: number; mtimeMs: number; ctimeMs: number }
+export const identityOf = (s: Stats): FileIdentity => ({ ino: s.ino, size: s.size, mtimeMs: s.mtimeMs, ctimeMs: s.ctimeMs });
+export const sameIdentity = (a: FileIdentity | undefined, b: FileIdentity): boolean =>
   a !== undefined && a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs;
 
 const sameLineState = (a: LineState, b: LineState): boolean =>
@@ -262,6 +262,18 @@ function openUsersFileChecked(path: string, safety: FileSafety): { fd: number; s
   return { fd, stats };
 }
 
+/** The whole users file, read through one checked descriptor: its bytes and the stats that belong to them. */
+export function readUsersFileChecked(path: string, safety: FileSafety): { bytes: Buffer; stats: Stats } {
+  const { fd, stats } = openUsersFileChecked(path, safety);
+  try {
+    return { bytes: readFileSync(fd), stats };
+  } catch (err) {
+    throw cannotRead(path, err);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** The file was changed by someone who does not take the lock, between our read and our rename. */
 class ChangedMeanwhile extends Error {}
 
@@ -312,16 +324,8 @@ export class UsersFile {
     this.clock = options.clock ?? ((): number => Date.now() / 1000);
     this.lockTimeoutMs = options.lockTimeoutMs ?? 10_000;
     this.safety = options.safety ?? STRICT;
-    const { fd, stats } = openUsersFileChecked(this.path, this.safety);
-    let bytes: Buffer;
-    try {
-      this.known = identityOf(stats);
-      bytes = readFileSync(fd);
-    } catch (err) {
-      throw cannotRead(this.path, err);
-    } finally {
-      closeSync(fd);
-    }
+    const { bytes, stats } = readUsersFileChecked(this.path, this.safety);
+    this.known = identityOf(stats);
     this.model = this.reportProblems(parseUsersFile(bytes));
     if (options.pollMs !== 0) {
       this.poller = setInterval(() => this.poll(), options.pollMs ?? 1000);

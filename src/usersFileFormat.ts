@@ -4,6 +4,7 @@
 import { isUtf8 } from 'node:buffer';
 import type { TokenType } from './otp.js';
 import { formatLocalTime, isLocalTimeText, parseLocalTime } from './localTime.js';
+import { isHashedPin } from './pinHash.js';
 
 export interface TokenLine {
   /** 1-based line number in the file it was read from */
@@ -45,6 +46,8 @@ export interface LineState {
   readonly lastOtp?: string;
   readonly lastTime?: number;
   readonly lastIp?: string;
+  /** a new PIN field (the admin CLI's set-pin); the line's own when absent */
+  readonly pin?: string;
 }
 
 const FIELD_SEPARATOR = /[ \t\v\f\r]+/;
@@ -192,13 +195,22 @@ export function writtenFieldCount(token: TokenLine, state: LineState): number {
   return pamLayout ? 8 : 9;
 }
 
+/** Fields 1-5 in mod_authn_otp's column widths. */
+const leadingFields = (typeText: string, login: string, pin: string, keyHex: string, counter: number): string[] =>
+  [typeText.padEnd(7), login.padEnd(13), pin.padEnd(7), keyHex, String(counter).padEnd(3)];
+
+/**
+ * A new user's line (without terminator): mod_authn_otp's layout with a failure
+ * count (6 fields), so a lock, and an admin's unlock, are kept in the file.
+ */
+export function newTokenLine(typeText: string, login: string, pin: string, keyHex: string, counter: number): string {
+  return [...leadingFields(typeText, login, pin, keyHex, counter), '0'].join(' ');
+}
+
 /** Format a changed line (without terminator), mod_authn_otp's column widths. */
 export function formatLine(token: TokenLine, state: LineState): string {
   const count = writtenFieldCount(token, state);
-  const fields = [
-    token.typeText.padEnd(7), token.login.padEnd(13), token.pin.padEnd(7), token.keyHex,
-    String(state.counter).padEnd(3),
-  ];
+  const fields = leadingFields(token.typeText, token.login, state.pin ?? token.pin, token.keyHex, state.counter);
   if (count === 6 || count === 9) fields.push(String(state.failures).padEnd(2));
   if (count >= 7 && state.lastOtp !== undefined && state.lastTime !== undefined) {
     fields.push(state.lastOtp.padEnd(7), formatLocalTime(state.lastTime));
@@ -396,4 +408,32 @@ export function withChangedLines(model: UsersFileModel, changes: ReadonlyMap<num
     bytes = into.subarray(0, size);
   } else bytes = Buffer.concat(pieces, size);
   return { ...model, bytes, starts, parsed };
+}
+
+export type ExportFormat = 'oath' | 'mod_authn_otp';
+
+/** Why `format`'s reader could not use this line; undefined if it can. */
+export function exportProblem(token: TokenLine, format: ExportFormat): string | undefined {
+  if (isHashedPin(token.pin)) return 'its PIN is hashed, which only otpgate can check (set-pin a plain PIN first)';
+  if (format === 'oath' && !pamOathReadable(token)) {
+    return `pam_oath cannot read token type ${token.typeText} or a key of ${token.keyHex.length / 2} bytes`;
+  }
+  return undefined;
+}
+
+/**
+ * The line in `format`'s own layout (without terminator). oath: 5 fields, or 7
+ * with the last OTP and its time. mod_authn_otp: 6 fields, or 9 with the last
+ * OTP, time and IP (it has no layout for an OTP without IP). A time token's field
+ * 5 on a liboath line is bookkeeping, not a drift: mod_authn_otp gets drift 0.
+ */
+export function exportLine(token: TokenLine, format: ExportFormat): string {
+  const counter = token.liboathLayout && token.type.stepSeconds > 0 && format === 'mod_authn_otp' ? 0 : token.counter;
+  const fields = leadingFields(token.typeText, token.login, token.pin, token.keyHex, counter);
+  const last = token.lastOtp !== undefined && token.lastTime !== undefined
+    ? [token.lastOtp.padEnd(7), formatLocalTime(token.lastTime)] : undefined;
+  if (format === 'oath') return [...fields, ...(last ?? [])].join(' ').trimEnd();
+  fields.push(String(token.failures ?? 0).padEnd(2));
+  if (last !== undefined && token.lastIp !== undefined) fields.push(...last, token.lastIp);
+  return fields.join(' ').trimEnd();
 }
