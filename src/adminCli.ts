@@ -6,7 +6,6 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import QRCode from 'qrcode';
 import { parseConfig, type Config } from './config.js';
 import type { Policy } from './decision.js';
 import { otpauthUri } from './enrolment.js';
@@ -15,7 +14,8 @@ import { formatLocalTime } from './localTime.js';
 import { codeAt, codesEqual, stepAt } from './otp.js';
 import { DEFAULT_SCRYPT, hashPin } from './pinHash.js';
 import { Prompter } from './prompt.js';
-import { CliError, configFileFrom, policyOf, readConfig, safetyOf } from './serve.js';
+import { CliError } from './cliError.js';
+import { configFileFrom, policyOf, readConfig, safetyOf } from './configFile.js';
 import { UsersFileError, type FileSafety } from './usersFile.js';
 import {
   appendLines, changeLines, codesFrom, currentPosition, importPlan, linesOf, loggedOut, loginProblem, pinProblem,
@@ -149,9 +149,10 @@ function typeField(type: string, digits: number | undefined): string {
 
 async function showEnrolment(token: { type: TokenLine['type']; login: string; key: Uint8Array; counter?: number }, label: string, issuer: string, qr: boolean, png?: string): Promise<void> {
   const uri = otpauthUri({ ...token, login: label }, issuer);
-  if (qr) out(await QRCode.toString(uri, { type: 'terminal', small: true }));
+  const { default: QRCode } = qr || png !== undefined ? await import('qrcode') : { default: undefined };
+  if (qr && QRCode) out(await QRCode.toString(uri, { type: 'terminal', small: true }));
   out(uri);
-  if (png !== undefined) {
+  if (png !== undefined && QRCode) {
     try {
       // It holds the key: readable by the admin only, and never over an existing file.
       writeFileSync(png, await QRCode.toBuffer(uri, { type: 'png' }), { mode: 0o600, flag: 'wx' });

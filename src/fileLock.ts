@@ -86,7 +86,11 @@ export async function lockUsersFile(usersFile: string, timeoutMs = 10_000): Prom
   inProcess.set(lockFile, chain);
   const finish = (): void => {
     done();
-    if (inProcess.get(lockFile) === chain) inProcess.delete(lockFile);
+    // Forgotten only once every earlier holder is done too: a waiter that timed
+    // out must not let a newcomer skip the holder (its fcntl lock would go).
+    void chain.then(() => {
+      if (inProcess.get(lockFile) === chain) inProcess.delete(lockFile);
+    });
   };
   const started = Date.now();
   let timer: NodeJS.Timeout | undefined;

@@ -2,7 +2,7 @@
 // without echo), or, when a flag says `-`, read as the next line of standard
 // input so scripts can pipe them in.
 import { createInterface, type Interface } from 'node:readline';
-import { CliError } from './serve.js';
+import { CliError } from './cliError.js';
 
 export class Prompter {
   private lines: Interface | undefined;
@@ -35,8 +35,9 @@ export class Prompter {
   async ask(question: string, hidden: boolean, noTerminal: string): Promise<string> {
     const input = process.stdin;
     if (!input.isTTY) throw new CliError(noTerminal, 2);
-    process.stderr.write(question);
+    // Raw (no echo) before the question shows: an answer typed at once must not be echoed by the terminal.
     input.setRawMode(true);
+    process.stderr.write(question);
     input.resume();
     try {
       return await new Promise<string>((resolve, reject) => {

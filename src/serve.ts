@@ -3,9 +3,10 @@
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { loadConfig, type Config } from './config.js';
-import type { Policy } from './decision.js';
 import type { Server } from 'node:http';
+import { loadConfig } from './config.js';
+import { policyOf, readConfig, safetyOf, type Config } from './configFile.js';
+import { CliError } from './cliError.js';
 import { AssertionKeyError, assertionSigner } from './assertion.js';
 import { Metrics } from './metrics.js';
 import { Gateway } from './gateway.js';
@@ -13,42 +14,16 @@ import { createLogger, VERSION } from './logger.js';
 import { UnsafeUsersFileError, UsersFile, UsersFileError, safetyProblems, type FileSafety, type WriteObserver } from './usersFile.js';
 import { parseUsersFile } from './usersFileFormat.js';
 
-/** A failure for people: one line on stderr, and the exit status it calls for. */
-export class CliError extends Error {
-  constructor(message: string, readonly exitCode: 1 | 2) {
-    super(message);
-  }
-}
-
-export function policyOf(config: Config): Policy {
-  return {
-    maxOffset: config.maxOffset, maxLinger: config.maxLinger, maxIdle: config.maxIdle,
-    logoutOnIpChange: config.logoutOnIpChange, maxFailures: config.maxFailures, lockoutSeconds: config.lockoutSeconds,
-    maxLockoutSeconds: config.maxLockoutSeconds, permanentLockAfter: config.permanentLockAfter,
-  };
-}
-
-export function safetyOf(config: Config): FileSafety {
-  return {
-    allowInsecurePermissions: config.allowInsecurePermissions, allowSymlinkedUsersFile: config.allowSymlinkedUsersFile,
-    allowUnsafeUsersFileDirectory: config.allowUnsafeUsersFileDirectory,
-  };
-}
+// Where they lived before the admin CLI needed them without the gateway's modules.
+export { CliError } from './cliError.js';
+export { configFileFrom, policyOf, readConfig, safetyOf } from './configFile.js';
 
 /** Start, reload and stop are always logged, even at logLevel warn or error (not when silent). */
 function lifecycle(log: Logger): Logger {
   return log.level === 'silent' || log.isLevelEnabled('info') ? log : log.child({}, { level: 'info' });
 }
 
-export function configFileFrom(option: string | undefined): string {
-  return option ?? process.env.OTPGATE_CONFIG ?? '/etc/otpgate/otpgate.yaml';
-}
 
-export function readConfig(file: string): Config {
-  const result = loadConfig(file);
-  if (!result.ok) throw new CliError(result.errors.join('\n'), 2);
-  return result.config;
-}
 
 /**
  * Open the users file as configured; refuses one that others can read or

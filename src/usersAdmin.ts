@@ -80,6 +80,10 @@ export function removeLines(model: UsersFileModel, indexes: ReadonlySet<number>)
   return parseUsersFile(Buffer.concat(pieces));
 }
 
+const sameLineState = (a: LineState, b: LineState, token: TokenLine): boolean =>
+  a.counter === b.counter && a.failures === b.failures && a.lastOtp === b.lastOtp && a.lastTime === b.lastTime &&
+  a.lastIp === b.lastIp && (a.pin ?? token.pin) === (b.pin ?? token.pin);
+
 /** The file with each listed token line changed by `change`; lines it leaves as they are stay byte for byte. */
 export function changeLines(
   model: UsersFileModel, indexes: readonly number[], change: (token: TokenLine, state: LineState) => LineState,
@@ -89,7 +93,7 @@ export function changeLines(
     const token = tokenAt(model, i);
     const before = lineState(token);
     const after = change(token, before);
-    if (JSON.stringify(after) !== JSON.stringify(before)) changes.set(i, after);
+    if (!sameLineState(after, before, token)) changes.set(i, after);
   }
   return withChangedLines(model, changes);
 }

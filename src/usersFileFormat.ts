@@ -2,7 +2,7 @@
 // and format a changed line so both programs can still read it
 // (../shared/spec/users-file.md). Pure: bytes in, bytes out.
 import { isUtf8 } from 'node:buffer';
-import type { TokenType } from './otp.js';
+import { codeAt, codesEqual, type TokenType } from './otp.js';
 import { formatLocalTime, isLocalTimeText, parseLocalTime } from './localTime.js';
 import { isHashedPin } from './pinHash.js';
 
@@ -49,6 +49,9 @@ export interface LineState {
   /** a new PIN field (the admin CLI's set-pin); the line's own when absent */
   readonly pin?: string;
 }
+
+/** The IP field of a line whose last code has no IP (never a client's address, so it never lingers). */
+export const NO_IP = '-';
 
 const FIELD_SEPARATOR = /[ \t\v\f\r]+/;
 const MAX_KEY_BYTES = 256; // mod_authn_otp's MAX_KEY
@@ -159,7 +162,8 @@ export function parseLine(text: string, lineNo: number): ParsedLine {
   if ((lastOtp?.length ?? 0) > MAX_FIELD || (lastIp?.length ?? 0) > MAX_FIELD) return invalid('field too long');
   return {
     kind: 'token',
-    token: new Token(lineNo, type, typeText, login, pin, keyHex, fields.length, counter, failures, lastOtp, timeText, lastIp),
+    token: new Token(lineNo, type, typeText, login, pin, keyHex, fields.length, counter, failures, lastOtp, timeText,
+      lastIp === NO_IP ? undefined : lastIp),
   };
 }
 
@@ -190,8 +194,10 @@ export function layoutStoresFailures(token: TokenLine): boolean {
 export function writtenFieldCount(token: TokenLine, state: LineState): number {
   const pamLayout = keepsPamOathLayout(token);
   if (state.lastOtp === undefined || state.lastTime === undefined) return pamLayout ? 5 : 6;
-  // Without an IP only liboath's own tail (last OTP, time) is truthful; both programs read it.
-  if (token.fieldCount === 7 || state.lastIp === undefined) return 7;
+  // A used code without an IP (after a logout) keeps the line's layout with NO_IP:
+  // as 7 fields it would read as liboath's, whose field 5 is not a drift and
+  // which has no failure count.
+  if (token.fieldCount === 7) return 7;
   return pamLayout ? 8 : 9;
 }
 
@@ -214,7 +220,7 @@ export function formatLine(token: TokenLine, state: LineState): string {
   if (count === 6 || count === 9) fields.push(String(state.failures).padEnd(2));
   if (count >= 7 && state.lastOtp !== undefined && state.lastTime !== undefined) {
     fields.push(state.lastOtp.padEnd(7), formatLocalTime(state.lastTime));
-    if (count >= 8 && state.lastIp !== undefined) fields.push(state.lastIp);
+    if (count >= 8) fields.push(state.lastIp ?? NO_IP);
   }
   return fields.join(' ').trimEnd();
 }
@@ -428,7 +434,12 @@ export function exportProblem(token: TokenLine, format: ExportFormat): string | 
  * 5 on a liboath line is bookkeeping, not a drift: mod_authn_otp gets drift 0.
  */
 export function exportLine(token: TokenLine, format: ExportFormat): string {
-  const counter = token.liboathLayout && token.type.stepSeconds > 0 && format === 'mod_authn_otp' ? 0 : token.counter;
+  let counter = token.counter;
+  if (format === 'mod_authn_otp' && token.liboathLayout) {
+    if (token.type.stepSeconds > 0) counter = 0;
+    // liboath records the counter of the code it accepted, mod_authn_otp the next one it expects: the used code must not work again.
+    else if (token.lastOtp !== undefined && codesEqual(codeAt(token.type, token.key, '', token.counter), token.lastOtp)) counter++;
+  }
   const fields = leadingFields(token.typeText, token.login, token.pin, token.keyHex, counter);
   const last = token.lastOtp !== undefined && token.lastTime !== undefined
     ? [token.lastOtp.padEnd(7), formatLocalTime(token.lastTime)] : undefined;

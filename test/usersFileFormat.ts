@@ -132,6 +132,14 @@ t.test('the layout a changed line is written in (users-file.md, normative)', asy
       if (again.fieldCount >= 8) t.equal(again.lastIp, state.lastIp);
       if (layoutStoresFailures(tok)) t.equal(again.failures ?? 0, state.failures);
     }
+    // After a logout: the code stays recorded as used, without an IP, in the same layout.
+    const loggedOut: LineState = { counter: tok.type.stepSeconds > 0 ? -2 : 2, failures: 3, lastOtp: '123456', lastTime: 1_700_000_000 };
+    const after = token(formatLine(tok, loggedOut));
+    t.equal(after.fieldCount, afterLogin, `logout keeps the ${afterLogin}-field layout of ${line.slice(0, 12)}`);
+    t.equal(after.liboathLayout, tok.liboathLayout, 'field 5 keeps its meaning');
+    t.equal(after.lastIp, undefined, 'no IP: it never lingers');
+    t.equal(after.lastOtp, '123456');
+    if (layoutStoresFailures(tok)) t.equal(after.failures, 3, 'the failure count stays');
   }
 });
 

@@ -176,9 +176,9 @@ export const BIN = fileURLToPath(new URL('../../bin/otpgate', import.meta.url));
  * out, so the child is exactly what an operator runs. Its output is captured
  * for the secrets scan.
  */
-export function spawnOtpgate(args: readonly string[], extraEnv: Record<string, string> = {}): ChildProcess {
+export function spawnOtpgate(args: readonly string[], extraEnv: Record<string, string> = {}, stdin: 'ignore' | 'pipe' = 'ignore'): ChildProcess {
   const child = spawn('env', ['-u', 'NODE_OPTIONS', process.execPath, BIN, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...extraEnv },
+    stdio: [stdin, 'pipe', 'pipe'], env: { ...process.env, ...extraEnv },
   });
   // Listeners added by the caller right after this still see every chunk: none arrives before the next tick.
   child.stdout?.on('data', captureStream(`otpgate-${args[0] ?? ''}-stdout`));

@@ -1,0 +1,458 @@
+// `otpgate users ...` and `otpgate otp` as real child processes on real files,
+// also while a real gateway serves logins on the same file.
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseUsersFile, type TokenLine } from '../src/usersFileFormat.js';
+import { formatLocalTime } from '../src/localTime.js';
+import {
+  BIN, request, rfcHotp, rfcTotp, secret, secretKey, spawnGateway, spawnOtpgate, startBackend, tempDir, writeFile600,
+} from './lib/harness.js';
+
+type Tap = { teardown(fn: () => void | Promise<void>): void };
+interface Run { code: number | null; stdout: string; stderr: string }
+
+/**
+ * Run the CLI. `answer`: called with stdout so far; what it returns (once) is
+ * written to stdin, which is then closed (how a script answers a prompt given `-`).
+ */
+function cli(args: string[], options: { input?: string; answer?: (stdout: string) => string | undefined } = {}): Promise<Run> {
+  const piped = options.input !== undefined || options.answer !== undefined;
+  const child = spawnOtpgate(args, {}, piped ? 'pipe' : 'ignore');
+  let stdout = '';
+  let stderr = '';
+  let answered = false;
+  child.stdout?.on('data', (c: Buffer) => {
+    stdout += c.toString();
+    if (options.answer && !answered) {
+      const reply = options.answer(stdout);
+      if (reply !== undefined) {
+        answered = true;
+        child.stdin?.end(`${reply}\n`);
+      }
+    }
+  });
+  child.stderr?.on('data', (c: Buffer) => { stderr += c.toString(); });
+  if (options.input !== undefined) {
+    if (options.answer) child.stdin?.write(options.input);
+    else child.stdin?.end(options.input);
+  }
+  return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
+}
+
+/** RFC 4648 base32, written here so the test does not trust src/ to read its own URI. */
+function base32Hex(text: string): string {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = '';
+  for (const ch of text.replace(/=+$/, '')) bits += alphabet.indexOf(ch).toString(2).padStart(5, '0');
+  const bytes: number[] = [];
+  for (let i = 0; i + 8 <= bits.length; i += 8) bytes.push(parseInt(bits.slice(i, i + 8), 2));
+  return Buffer.from(bytes).toString('hex');
+}
+
+const keyOfUri = (stdout: string): string | undefined => {
+  const m = /otpauth:\/\/[^\s]*[?&]secret=([A-Z2-7]+)/.exec(stdout);
+  return m ? base32Hex(m[1] as string) : undefined;
+};
+
+const tokens = (file: string): TokenLine[] =>
+  parseUsersFile(readFileSync(file)).parsed.flatMap((p) => (p.kind === 'token' ? [p.token] : []));
+const tokenOf = (file: string, login: string): TokenLine | undefined => tokens(file).find((x) => x.login === login);
+
+const PIN = secret('aDm1nPin');
+const KEY = secretKey(randomBytes(20).toString('hex'));
+const noStackTrace = (text: string): boolean => !/\n\s+at |Error:/.test(text);
+
+function usersFile(t: Tap, text = `# users\nHOTP bob ${PIN} ${KEY} 0\n`): string {
+  return writeFile600(join(tempDir(t), 'otp-users'), text);
+}
+
+t.test('--help on every command; usage errors exit 2', async (t) => {
+  const help = await cli(['users', '--help']);
+  t.equal(help.code, 0);
+  for (const c of ['add', 'list', 'show', 'remove', 'set-pin', 'unlock', 'logout', 'resync', 'import', 'export', 'lock']) {
+    t.match(help.stdout, new RegExp(`\\n  ${c} `), `users --help lists ${c}`);
+    const sub = await cli(['users', c, '--help']);
+    t.equal(sub.code, 0, `users ${c} --help`);
+    t.match(sub.stdout, /--file <path>/);
+  }
+  t.match((await cli(['users', 'add', '--help'])).stdout, /mod_authn_otp and pam_oath\s+cannot/, '--help says who cannot read a hashed PIN');
+  t.equal((await cli(['otp', '--help'])).code, 0);
+  const file = usersFile(t);
+  for (const args of [['users', 'add'], ['users', 'export', '-f', file], ['users', 'frob'], ['users', 'list', '--nope'],
+    ['otp', 'bob', '-f', file, '--count', 'x'], ['users', 'resync', 'bob', '1']]) {
+    const r = await cli(args);
+    t.equal(r.code, 2, `${args.join(' ')}: exit 2`);
+    t.ok(noStackTrace(r.stderr));
+  }
+});
+
+t.test('add: a TOTP user enrolled by a script answering the code prompt logs in through a real gateway', async (t) => {
+  const dir = tempDir(t);
+  const file = writeFile600(join(dir, 'otp-users'), `HOTP bob ${PIN} ${KEY} 0\n`);
+  const before = statSync(file);
+  const pin = secret('n3wUserPin');
+  let key: string | undefined;
+  const r = await cli(['users', 'add', 'alice', '-f', file, '--pin', '-', '--code', '-', '--issuer', 'Acme Helpdesk'], {
+    input: `${pin}\n`,
+    answer: (stdout) => {
+      key = keyOfUri(stdout);
+      return key === undefined ? undefined : rfcTotp(key, Date.now() / 1000);
+    },
+  });
+  t.equal(r.code, 0, r.stderr);
+  t.ok(key !== undefined && key.length === 40, 'a 20-byte key in the URI');
+  t.match(r.stdout, /^otpauth:\/\/totp\/Acme%20Helpdesk:alice\?secret=[A-Z2-7]{32}&issuer=Acme%20Helpdesk/m);
+  t.match(r.stdout, /alice: added to .*otp-users:2 \(HOTP\/T30, 6 digits, PIN, first code verified\)/);
+  t.notOk(r.stdout.includes(pin) || r.stderr.includes(pin), 'the PIN is never echoed');
+  const line = readFileSync(file, 'utf8').split('\n')[1] ?? '';
+  t.match(line, new RegExp(`^HOTP/T30 alice +${pin} +${key} -?\\d+ +0$`), 'mod_authn_otp layout with a failure count');
+  t.equal(statSync(file).mode & 0o777, before.mode & 0o777, 'mode kept');
+
+  const backend = await startBackend(t);
+  const config = writeFile600(join(dir, 'otpgate.yaml'), `listen: 127.0.0.1:0\nupstream: ${backend.url}\nusersFile: otp-users\n`);
+  const gw = await spawnGateway(config);
+  t.teardown(() => { gw.child.kill('SIGKILL'); });
+  const login = await request(gw.port, { auth: ['alice', `${pin}${rfcTotp(key as string, Date.now() / 1000)}`] });
+  t.equal(login.status, 200, 'the enrolled user logs in with a code computed by the RFC algorithm');
+  t.equal(backend.seen.at(-1)?.headers['remote-user'], 'alice');
+});
+
+t.test('add: an event token; the code that confirmed the enrolment is used up', async (t) => {
+  const dir = tempDir(t);
+  const file = writeFile600(join(dir, 'otp-users'), '');
+  let key = '';
+  const r = await cli(['users', 'add', 'carol', '-f', file, '--no-pin', '--type', 'HOTP/E', '--digits', '8', '--code', '-'], {
+    answer: (stdout) => {
+      key = keyOfUri(stdout) ?? '';
+      return key ? rfcHotp(key, 2, 8) : undefined; // the app was pressed twice before
+    },
+  });
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /otpauth:\/\/hotp\/Helpdesk:carol\?.*counter=0/);
+  t.equal(tokenOf(file, 'carol')?.typeText, 'HOTP/E/8');
+  t.equal(tokenOf(file, 'carol')?.counter, 3, 'next counter after the confirming code');
+  t.equal(tokenOf(file, 'carol')?.pin, '-');
+  const backend = await startBackend(t);
+  const config = writeFile600(join(dir, 'otpgate.yaml'), `listen: 127.0.0.1:0\nupstream: ${backend.url}\nusersFile: otp-users\n`);
+  const gw = await spawnGateway(config);
+  t.teardown(() => { gw.child.kill('SIGKILL'); });
+  t.equal((await request(gw.port, { auth: ['carol', rfcHotp(key, 2, 8)] })).status, 401, 'the enrolment code does not log in');
+  t.equal((await request(gw.port, { auth: ['carol', rfcHotp(key, 3, 8)] })).status, 200, 'the next one does');
+});
+
+t.test('add: refusals change nothing and say why in one line', async (t) => {
+  const file = usersFile(t);
+  const original = readFileSync(file);
+  const cases: [string[], number, RegExp, string?][] = [
+    [['users', 'add', 'bob', '-f', file, '--no-pin', '--no-verify'], 1, /^bob: already in .*otp-users \(line 2\); nothing was changed\n$/],
+    [['users', 'add', 'a:b', '-f', file, '--no-pin', '--no-verify'], 2, /^"a:b": a login cannot contain ":"/],
+    [['users', 'add', '#x', '-f', file, '--no-pin', '--no-verify'], 2, /cannot start with "#"/],
+    [['users', 'add', 'dan', '-f', file], 2, /^no terminal to ask for the PIN; pass --pin PIN, --pin - \(read from standard input\) or --no-pin\n$/],
+    [['users', 'add', 'dan', '-f', file, '--pin', 'x1'], 2, /^dan: a PIN needs at least 4 characters \(pinPolicy\.minLength\)\n$/],
+    [['users', 'add', 'dan', '-f', file, '--no-pin'], 2, /^no terminal to ask for the first code; pass --code CODE/],
+    [['users', 'add', 'dan', '-f', file, '--no-pin', '--code', '000000', '--key', KEY], 1, /^dan: that code does not belong to the new key/],
+    [['users', 'add', 'dan', '-f', file, '--no-pin', '--type', 'MOTP'], 2, /^--type: expected an HOTP type/],
+    [['users', 'add', 'dan', '-f', file, '--no-pin', '--key', 'abc'], 2, /^--key: expected 1 to 256 bytes in hex/],
+  ];
+  for (const [args, code, message] of cases) {
+    const r = await cli(args);
+    t.equal(r.code, code, `${args.slice(2).join(' ')}: exit ${code}`);
+    t.match(r.stderr, message);
+    t.ok(r.stderr.split('\n').length <= 2 && noStackTrace(r.stderr), 'one line');
+    t.same(readFileSync(file), original, 'file unchanged');
+  }
+  const wrongCode = rfcTotp(KEY, Date.now() / 1000 + 3600);
+  const r = await cli(['users', 'add', 'dan', '-f', file, '--no-pin', '--key', KEY, '--code', wrongCode]);
+  t.equal(r.code, 1, 'a code an hour away is not the new token\'s');
+  t.same(readFileSync(file), original);
+});
+
+t.test('add with a config: its PIN policy, issuer and token type; --qr-png', async (t) => {
+  const dir = tempDir(t);
+  const file = writeFile600(join(dir, 'otp-users'), '');
+  const config = writeFile600(join(dir, 'otpgate.yaml'),
+    'upstream: http://127.0.0.1:9\nusersFile: otp-users\nrealm: Support\npinPolicy:\n  minLength: 6\n  digitsOnly: true\nenrolment:\n  type: HOTP/T60\n');
+  const letters = await cli(['users', 'add', 'erin', '-c', config, '--pin', 'abcdefgh', '--no-verify']);
+  t.equal(letters.code, 2);
+  t.match(letters.stderr, /erin: a PIN may only have digits \(pinPolicy\.digitsOnly\)/);
+  t.notOk(letters.stderr.includes('abcdefgh'));
+  const png = join(dir, 'erin.png');
+  const ok = await cli(['users', 'add', 'erin', '-c', config, '--pin', '123456', '--no-verify', '--qr', '--qr-png', png]);
+  t.equal(ok.code, 0, ok.stderr);
+  t.match(ok.stdout, /otpauth:\/\/totp\/Support:erin\?.*period=60/);
+  t.match(ok.stdout, /[▀▄█]/, 'a QR code in the terminal');
+  t.same(readFileSync(png).subarray(0, 8), Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), 'a PNG');
+  t.equal(statSync(png).mode & 0o777, 0o600, 'the PNG holds the key: mode 0600');
+  t.equal(tokenOf(file, 'erin')?.typeText, 'HOTP/T60');
+  const again = await cli(['users', 'add', 'fay', '-c', config, '--pin', '123456', '--no-verify', '--qr-png', png]);
+  t.equal(again.code, 1, 'never over an existing file');
+  t.match(again.stderr, /erin\.png: cannot write the QR code \(EEXIST\)/);
+});
+
+t.test('list, show: what the file says, never keys or PINs; malformed lines named', async (t) => {
+  const last = formatLocalTime(Math.floor(Date.now() / 1000) - 60);
+  const file = usersFile(t, [
+    `HOTP/T30 alice ${PIN} ${KEY} 0 5`,
+    `HOTP bob - ${KEY} 12 0 123456 ${last} 10.0.0.7`,
+    'HOTP broken x zz',
+    '',
+  ].join('\n'));
+  const list = await cli(['users', 'list', '-f', file]);
+  t.equal(list.code, 0);
+  t.match(list.stdout, /^LOGIN +LINE +TYPE +COUNTER +FAILURES +PIN +LAST LOGIN +FROM +STATE$/m);
+  t.match(list.stdout, /^alice +1 +HOTP\/T30 +0 +5 +plain +- +- +locked$/m);
+  t.match(list.stdout, /^bob +2 +HOTP +12 +0 +none +\S+ +10\.0\.0\.7 +lingering$/m);
+  t.match(list.stderr, /otp-users:3: key is not an even number of hex digits/);
+  const json = await cli(['users', 'list', '-f', file, '--json']);
+  const rows = JSON.parse(json.stdout) as Record<string, unknown>[];
+  t.same(rows.map((r) => [r.login, r.locked, r.lingering, r.failures]), [['alice', true, false, 5], ['bob', false, true, 0]]);
+  for (const r of [list, json]) t.notOk(r.stdout.includes(KEY) || r.stdout.includes(PIN), 'no key, no PIN');
+  const show = await cli(['users', 'show', 'bob', '-f', file]);
+  t.match(show.stdout, /^login +bob$/m);
+  t.match(show.stdout, /^from +10\.0\.0\.7$/m);
+  t.notOk(show.stdout.includes(KEY));
+  const noUser = await cli(['users', 'show', 'zed', '-f', file]);
+  t.equal(noUser.code, 1);
+  t.match(noUser.stderr, /^zed: no such user in .*otp-users\n$/);
+  const broken = await cli(['users', 'show', 'broken', '-f', file]);
+  t.equal(broken.code, 1);
+  t.match(broken.stderr, /otp-users:3: key is not an even number of hex digits \(fix or remove the line first\)/);
+});
+
+t.test('show --uri asks before revealing the key; --yes reveals it', async (t) => {
+  const key = randomBytes(20).toString('hex'); // revealed on purpose: not a registered secret
+  const file = usersFile(t, `HOTP/T30 gus ${PIN} ${key} 0\n`);
+  const noTty = await cli(['users', 'show', 'gus', '-f', file, '--uri']);
+  t.equal(noTty.code, 2);
+  t.match(noTty.stderr, /no terminal to confirm showing the key; pass --yes/);
+  t.notOk(noTty.stdout.includes('otpauth'), 'nothing revealed');
+  const yes = await cli(['users', 'show', 'gus', '-f', file, '--uri', '--yes']);
+  t.equal(yes.code, 0);
+  t.equal(keyOfUri(yes.stdout), key, 'the URI holds the key');
+});
+
+t.test('remove, set-pin, unlock, logout, resync', async (t) => {
+  const last = formatLocalTime(Math.floor(Date.now() / 1000) - 30);
+  const file = usersFile(t, [
+    '# keep me',
+    `HOTP alice ${PIN} ${KEY} 4 5 111111 ${last} 10.0.0.1`,
+    `HOTP/T30 bob ${PIN} ${KEY} 0 7`,
+    `HOTP bob ${PIN} ${KEY} 0`,
+    'HOTP carl x zz',
+    `HOTP dora ${PIN} ${KEY} 0`,
+    '',
+  ].join('\n'));
+  const logout = await cli(['users', 'logout', 'alice', '-f', file]);
+  t.equal(logout.code, 0, logout.stderr);
+  t.match(logout.stdout, /alice: logged out/);
+  t.equal(tokenOf(file, 'alice')?.lastIp, undefined, 'the linger\'s IP is gone');
+  t.equal(tokenOf(file, 'alice')?.lastOtp, undefined, 'an event token forgets its last code');
+  t.equal((await cli(['users', 'logout', 'alice', '-f', file])).stdout, 'alice: no linger recorded in the file\n');
+
+  const unlock = await cli(['users', 'unlock', 'bob', '-f', file]);
+  t.equal(unlock.code, 0);
+  t.equal(tokens(file).filter((x) => x.login === 'bob')[0]?.failures, 0);
+  t.match(unlock.stderr, /otp-users:4: this layout \(pam_oath's\) has no failure count/, 'says what the file cannot hold');
+
+  const newPin = secret('ch4ngedPin');
+  const setPin = await cli(['users', 'set-pin', 'bob', '-f', file, '--pin', '-'], { input: `${newPin}\n` });
+  t.equal(setPin.code, 0, setPin.stderr);
+  t.same(tokens(file).filter((x) => x.login === 'bob').map((x) => x.pin), [newPin, newPin], 'every line of the user');
+  const hashed = await cli(['users', 'set-pin', 'dora', '-f', file, '--pin', '-', '--hash-pins'], { input: `${newPin}\n` });
+  t.equal(hashed.code, 0, hashed.stderr);
+  t.match(tokenOf(file, 'dora')?.pin ?? '', /^\$scrypt\$ln=14,r=8,p=1\$[A-Za-z0-9+/]{22}\$[A-Za-z0-9+/]{43}$/);
+  t.match(hashed.stdout, /dora: PIN set \(hashed\) on 1 line/);
+
+  const resync = await cli(['users', 'resync', 'alice', '-f', file, rfcHotp(KEY, 700), rfcHotp(KEY, 701)]);
+  t.equal(resync.code, 0, resync.stderr);
+  t.match(resync.stdout, /alice: resynchronised line 2: next counter 702, failures cleared/);
+  t.equal(tokenOf(file, 'alice')?.counter, 702);
+  t.equal(tokenOf(file, 'alice')?.failures, 0);
+  const behind = await cli(['users', 'resync', 'alice', '-f', file, rfcHotp(KEY, 10), rfcHotp(KEY, 11)]);
+  t.equal(behind.code, 1, 'a counter never goes back');
+  t.match(behind.stderr, /alice: the two codes were not found one after the other/);
+
+  const removed = await cli(['users', 'remove', 'carl', '-f', file]);
+  t.equal(removed.code, 0);
+  t.match(removed.stdout, /carl: removed \(line 5\)/);
+  const text = readFileSync(file, 'utf8');
+  t.ok(text.startsWith('# keep me\n'), 'other lines byte for byte');
+  t.notOk(text.includes('carl'));
+  for (const c of ['remove', 'unlock', 'logout', 'set-pin']) {
+    const r = await cli(['users', c, 'nobody', '-f', file, '--no-pin'].filter((a) => c === 'set-pin' || a !== '--no-pin'));
+    t.equal(r.code, 1, `${c} of an unknown login: exit 1`);
+    t.match(r.stderr, /^nobody: no such user in /);
+  }
+  t.notOk(existsSync(`${file}.new`) || existsSync(`${file}.lock`), 'nothing left behind');
+});
+
+t.test('otp: codes as otptool prints them', async (t) => {
+  const file = usersFile(t, `HOTP bob ${PIN} ${KEY} 40\nHOTP/T30 tina - ${KEY} -1\n`);
+  const event = await cli(['otp', 'bob', '-f', file, '--count', '3']);
+  t.equal(event.stdout, `${rfcHotp(KEY, 40)}\n${rfcHotp(KEY, 41)}\n${rfcHotp(KEY, 42)}\n`, 'from the stored counter');
+  t.equal((await cli(['otp', 'bob', '-f', file, '--counter', '7'])).stdout, `${rfcHotp(KEY, 7)}\n`);
+  const at = 1_800_000_000;
+  t.equal((await cli(['otp', 'tina', '-f', file, '--at', String(at)])).stdout, `${rfcTotp(KEY, at - 30)}\n`, 'with the stored drift');
+  t.equal((await cli(['otp', 'tina', '-f', file, '--at', new Date(at * 1000).toISOString()])).stdout, `${rfcTotp(KEY, at - 30)}\n`);
+  t.same(readFileSync(file, 'utf8'), `HOTP bob ${PIN} ${KEY} 40\nHOTP/T30 tina - ${KEY} -1\n`, 'changes nothing');
+  const bad = await cli(['otp', 'tina', '-f', file, '--at', 'yesterday-ish']);
+  t.equal(bad.code, 2);
+});
+
+t.test('import and export: oath-toolkit and mod_authn_otp files, conflicts change nothing', async (t) => {
+  const dir = tempDir(t);
+  const file = usersFile(t);
+  const oath = writeFile600(join(dir, 'users.oath'), `# pam_oath\nHOTP/T30 ivy ${PIN} ${KEY}\nHOTP jon - ${KEY} 3 445566 2026-01-02T03:04:05L\n`);
+  const dry = await cli(['users', 'import', oath, '-f', file, '--dry-run']);
+  t.equal(dry.code, 0);
+  t.match(dry.stdout, /would import 2 lines for 2 users/);
+  t.equal(tokens(file).length, 1, 'a dry run changes nothing');
+  const imported = await cli(['users', 'import', oath, '-f', file]);
+  t.equal(imported.code, 0, imported.stderr);
+  t.same(tokens(file).map((x) => x.login), ['bob', 'ivy', 'jon']);
+  t.ok(readFileSync(file, 'utf8').endsWith(`HOTP/T30 ivy ${PIN} ${KEY}\nHOTP jon - ${KEY} 3 445566 2026-01-02T03:04:05L\n`), 'lines as written');
+  const before = readFileSync(file);
+  const clash = writeFile600(join(dir, 'more'), `HOTP kim - ${KEY}\nHOTP ivy - ${KEY}\nHOTP lou zz\n`);
+  const conflict = await cli(['users', 'import', clash, '-f', file]);
+  t.equal(conflict.code, 1);
+  t.match(conflict.stderr, /more:2: ivy is already in .*otp-users \(line 3\)/);
+  t.match(conflict.stderr, /more:3: missing key field/);
+  t.match(conflict.stderr, /2 conflicts; nothing was imported/);
+  t.same(readFileSync(file), before, 'nothing imported, not even kim');
+
+  const exported = await cli(['users', 'export', '-f', file, '--format', 'mod_authn_otp']);
+  t.equal(exported.code, 0, exported.stderr);
+  t.same(parseUsersFile(Buffer.from(exported.stdout)).parsed.flatMap((p) => (p.kind === 'token' ? [[p.token.login, p.token.fieldCount]] : [])),
+    [['bob', 6], ['ivy', 6], ['jon', 6]]);
+  const out = join(dir, 'export.oath');
+  const toOath = await cli(['users', 'export', '-f', file, '--format', 'oath', '-o', out]);
+  t.equal(toOath.code, 0, toOath.stderr);
+  t.equal(statSync(out).mode & 0o777, 0o600);
+  t.match(readFileSync(out, 'utf8'), new RegExp(`^HOTP +jon +- +${KEY} 3 +445566 +2026-01-02T03:04:05L$`, 'm'), 'oath layout keeps the last OTP');
+  writeFileSync(file, `HOTP/T30 max $scrypt$ln=14,r=8,p=1$${'A'.repeat(22)}$${'B'.repeat(43)} ${KEY}\n`, { mode: 0o600 });
+  const refused = await cli(['users', 'export', '-f', file, '--format', 'oath']);
+  t.equal(refused.code, 1);
+  t.match(refused.stderr, /otp-users:1: max: its PIN is hashed/);
+  t.equal(refused.stdout, '', 'nothing exported');
+});
+
+t.test('lock: runs a command holding the lock; others wait for it or time out', async (t) => {
+  const file = usersFile(t);
+  const started = `${file}.started`;
+  const sh = `touch "${started}"; sleep 4; echo "HOTP ned - 00112233 0" >> "$OTPGATE_USERS_FILE"; exit 3`;
+  const holder = cli(['users', 'lock', '-f', file, '--', 'sh', '-c', sh]);
+  for (let i = 0; i < 500 && !existsSync(started); i++) await new Promise((r) => setTimeout(r, 20));
+  t.ok(existsSync(`${file}.lock`), 'held while the command runs');
+  const impatient = await cli(['users', 'remove', 'bob', '-f', file, '--lock-timeout', '1']);
+  t.equal(impatient.code, 1);
+  t.match(impatient.stderr, /otp-users\.lock: still locked by another program after 1s; nothing was changed/);
+  const patient = cli(['users', 'remove', 'ned', '-f', file]);
+  const held = await holder;
+  t.equal(held.code, 3, 'the command\'s exit status');
+  const removed = await patient;
+  t.equal(removed.code, 0, `waited for the lock, then saw the edit made under it: ${removed.stderr}`);
+  t.same(tokens(file).map((x) => x.login), ['bob']);
+  const missing = await cli(['users', 'lock', '-f', file, '--', 'no-such-program-here']);
+  t.equal(missing.code, 1);
+  t.match(missing.stderr, /no-such-program-here: cannot run \(ENOENT\)/);
+});
+
+t.test('a refused users file: one line naming it', async (t) => {
+  const file = usersFile(t);
+  writeFileSync(file, readFileSync(file), { mode: 0o644 });
+  const { chmodSync } = await import('node:fs');
+  chmodSync(file, 0o644);
+  const r = await cli(['users', 'list', '-f', file]);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /otp-users: readable or writable by group or others \(mode 644\)/);
+  const missing = await cli(['users', 'list', '-f', `${file}.nope`]);
+  t.equal(missing.code, 1);
+  t.match(missing.stderr, /otp-users\.nope: cannot read users file \(no such file\)/);
+});
+
+t.test('two adds of one login racing: exactly one wins', async (t) => {
+  const file = usersFile(t);
+  const runs = await Promise.all([1, 2, 3].map(() => cli(['users', 'add', 'race', '-f', file, '--no-pin', '--no-verify'])));
+  t.same(runs.map((r) => r.code).sort(), [0, 1, 1]);
+  t.equal(tokens(file).filter((x) => x.login === 'race').length, 1);
+});
+
+t.test('no lost update: admin edits while a real gateway records logins on the same file', async (t) => {
+  const dir = tempDir(t);
+  const agents = Array.from({ length: 6 }, (_, i) => `agent${i}`);
+  const file = writeFile600(join(dir, 'otp-users'), agents.map((a) => `HOTP ${a} ${PIN} ${KEY} 0\n`).join(''));
+  const backend = await startBackend(t);
+  const config = writeFile600(join(dir, 'otpgate.yaml'), `listen: 127.0.0.1:0\nupstream: ${backend.url}\nusersFile: otp-users\nmaxLinger: 0\n`);
+  const gw = await spawnGateway(config);
+  t.teardown(() => { gw.child.kill('SIGKILL'); });
+  const LOGINS = 12;
+  const logins = Promise.all(agents.map(async (a) => {
+    let ok = 0;
+    for (let c = 0; c < LOGINS; c++) if ((await request(gw.port, { auth: [a, `${PIN}${rfcHotp(KEY, c)}`] })).status === 200) ok++;
+    return ok;
+  }));
+  const admin = (async () => {
+    const codes: (number | null)[] = [];
+    for (let i = 0; i < 8; i++) {
+      codes.push((await cli(['users', 'add', `new${i}`, '-f', file, '--no-pin', '--no-verify'])).code);
+      codes.push((await cli(['users', 'unlock', agents[i % agents.length] as string, '-f', file])).code);
+    }
+    return codes;
+  })();
+  const [ok, codes] = await Promise.all([logins, admin]);
+  t.same(ok, agents.map(() => LOGINS), 'every login granted');
+  t.same(codes, codes.map(() => 0), 'every admin command succeeded');
+  const after = tokens(file);
+  t.same(agents.map((a) => after.find((x) => x.login === a)?.counter), agents.map(() => LOGINS), 'every counter the gateway wrote is there');
+  t.same(after.filter((x) => x.login.startsWith('new')).map((x) => x.login), Array.from({ length: 8 }, (_, i) => `new${i}`), 'every added user is there');
+  t.same(parseUsersFile(readFileSync(file)).problems, []);
+});
+
+t.test('at a terminal: the PIN is asked twice without echo, then the code', async (t) => {
+  const file = writeFile600(join(tempDir(t), 'otp-users'), '');
+  const pin = secret('tTyPin4242');
+  // A pseudo-terminal from Python's pty module: the CLI sees a real TTY.
+  const driver = `
+import os, pty, re, sys, time, hmac, hashlib, struct, base64
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], 'users', 'add', 'tess', '-f', sys.argv[2], '--no-qr', '--type', 'HOTP/E'])
+seen = b''
+def until(pattern):
+    global seen
+    deadline = time.time() + 15
+    while not re.search(pattern, seen) and time.time() < deadline:
+        try: seen += os.read(fd, 4096)
+        except OSError: break
+    return re.search(pattern, seen)
+until(rb'New PIN for tess: '); time.sleep(0.2); os.write(fd, sys.argv[3].encode() + b'\\r')
+until(rb'Same PIN again: '); time.sleep(0.2); os.write(fd, sys.argv[3].encode() + b'\\r')
+m = until(rb'secret=([A-Z2-7]+)')
+until(rb'Code shown by the app: ')
+if not m:
+    sys.stdout.write(seen.decode()); sys.exit(3)
+sec = m.group(1).decode()
+key = base64.b32decode(sec + '=' * (-len(sec) % 8))
+h = hmac.new(key, struct.pack('>Q', 0), hashlib.sha1).digest(); o = h[-1] & 15
+os.write(fd, ('%06d' % ((struct.unpack('>I', h[o:o+4])[0] & 0x7fffffff) % 1000000)).encode() + b'\\r')
+until(rb'added to')
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode())
+sys.exit(os.waitstatus_to_exitcode(status))
+`;
+  const child = spawn('env', ['-u', 'NODE_OPTIONS', 'python3', '-c', driver, BIN, file, pin]);
+  let seen = '';
+  child.stdout.on('data', (c: Buffer) => { seen += c.toString(); });
+  child.stderr.on('data', (c: Buffer) => { seen += c.toString(); });
+  const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+  t.equal(code, 0, seen);
+  t.match(seen, /tess: added to .* \(HOTP\/E, 6 digits, PIN, first code verified\)/);
+  t.match(seen, /app: \d{6}\s/, 'the code is echoed');
+  t.notMatch(seen, /app: (\d{6})\s+\1/, 'once: by the CLI, not also by the terminal');
+  t.notOk(seen.includes(pin), 'the PIN was not echoed');
+  t.equal(tokenOf(file, 'tess')?.pin, pin);
+  t.equal(tokenOf(file, 'tess')?.counter, 1);
+});
