@@ -5,6 +5,7 @@
 import { hash, randomBytes } from 'node:crypto';
 import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, readlinkSync, readSync, statSync, type Stats } from 'node:fs';
 import { rm } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
@@ -90,6 +91,35 @@ const UNAVAILABLE: Outcome = Object.freeze({ granted: false, reason: 'unknown_us
 const DECOY_PIN: PinHash = { params: DEFAULT_SCRYPT, salt: Buffer.alloc(16), hash: Buffer.alloc(32) };
 
 /**
+ * Runs at most `size` tasks at once, the others in turn. For scrypt: the thread
+ * pool it runs in (4 threads unless UV_THREADPOOL_SIZE says otherwise) also
+ * takes the file lock, writes and fsyncs every commit, and a flood of guesses
+ * (an unknown login costs a decoy scrypt) held every login's commit up for
+ * seconds once it filled the pool.
+ */
+class Slots {
+  private readonly waiting: (() => void)[] = [];
+  constructor(private free: number) {}
+
+  async run<T>(task: () => Promise<T>): Promise<T> {
+    if (this.free > 0) this.free--;
+    else await new Promise<void>((resolve) => this.waiting.push(resolve));
+    try {
+      return await task();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.free++;
+    }
+  }
+}
+
+// One core left for the event loop, and two pool threads for the file.
+const poolThreads = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+const pinChecks = new Slots(Math.max(1, Math.min(availableParallelism() - 1, poolThreads - 2)));
+const checkPin = (stored: PinHash, typed: string): Promise<boolean> => pinChecks.run(() => verifyPin(stored, typed));
+
+/**
  * Verify the typed PIN of every line with a hashed PIN, locked or not, right or
  * wrong, each at its own hash's cost: the time taken tells nothing. A hash counts
  * as verified only where it matched on every line tried that holds it (lines
@@ -100,8 +130,8 @@ async function verifiedPinsOf(tokens: readonly TokenLine[], password: string): P
     const stored = parsePinHash(t.pin) ?? DECOY_PIN; // (parseLine refuses a malformed hash)
     const cut = password.length - t.type.digits;
     // Too short to hold a code: decide() skips the line, the work is done all the same.
-    if (cut < 0) return verifyPin(stored, password).then(() => undefined);
-    return verifyPin(stored, password.slice(0, cut));
+    if (cut < 0) return checkPin(stored, password).then(() => undefined);
+    return checkPin(stored, password.slice(0, cut));
   }));
   const verified = new Set<string>();
   const refused = new Set<string>();
@@ -424,7 +454,7 @@ export class UsersFile {
       decoyCheck(password, this.policy);
       const outcome = unknown(lines);
       // Where a known login may cost a scrypt, an unknown one does too.
-      return this.model.hashedPins === 0 ? outcome : verifyPin(DECOY_PIN, password.slice(0, -6)).then(() => outcome);
+      return this.model.hashedPins === 0 ? outcome : checkPin(DECOY_PIN, password.slice(0, -6)).then(() => outcome);
     }
     const lingerKey = this.lingerKeyOf(login, password);
     const now = this.clock();

@@ -520,3 +520,29 @@ t.test('the file re-read while a hashed PIN is being checked: decided against th
   t.match(await login, { granted: false, reason: 'unknown_user' }, 'jo was removed meanwhile');
   t.equal(readFileSync(path, 'utf8'), `HOTP other - ${KEY} 0 0\n`, 'nothing written for the removed line');
 });
+
+t.test('a flood of guesses that cost a scrypt does not hold up other logins\' commits (the thread pool stays free for the file)', async (t) => {
+  const stored = await hashedField(HASHED_PIN, DEFAULT_SCRYPT);
+  const { users } = setup(t, `HOTP kai ${stored} ${KEY} 0 0\nHOTP lea 1 ${KEY} 0 0\n`, { policy: { ...policy, maxFailures: 0 } });
+  let stop = false;
+  let guesses = 0;
+  // Unknown logins and wrong PINs alike: each costs a scrypt (with the default cost) in the thread pool.
+  const flood = Array.from({ length: 32 }, async (_, k) => {
+    while (!stop) {
+      await users.authenticate(k % 2 === 0 ? `ghost${k}` : 'kai', `${PIN_WRONG}${k}00000`, '192.0.2.1');
+      guesses++;
+    }
+  });
+  await new Promise((r) => setTimeout(r, 200));
+  const took: number[] = [];
+  for (let c = 0; c < 5; c++) {
+    const started = performance.now();
+    t.match(await users.authenticate('lea', `1${rfcHotp(KEY, c)}`, '10.0.0.1'), { granted: true, reason: 'ok' });
+    took.push(performance.now() - started);
+  }
+  stop = true;
+  await Promise.all(flood);
+  t.ok(guesses > 0, `${guesses} guesses were checked meanwhile`);
+  // With all four pool threads on scrypt, each of these waited seconds behind the queue of guesses.
+  t.ok(Math.max(...took) < 1000, `a plain login, written and fsynced, in ${took.map((ms) => Math.round(ms)).join(', ')} ms`);
+});
