@@ -1,5 +1,5 @@
 import t from 'tap';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import {
   chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, statSync, symlinkSync,
   unlinkSync, writeFileSync,
@@ -61,6 +61,15 @@ const waitFor = async (what: () => boolean, ms = 5000): Promise<boolean> => {
   }
   return what();
 };
+
+/** Another program (flock(1)) holding the users file's lock for `seconds`, or until killed. */
+async function lockHeldElsewhere(t: { teardown(fn: () => void): void }, path: string, seconds: number): Promise<ChildProcess> {
+  const child = spawn('flock', ['-o', `${path}.lock`, 'sleep', String(seconds)], { stdio: 'ignore' });
+  t.teardown(() => { child.kill(); });
+  await waitFor(() => existsSync(`${path}.lock`));
+  await new Promise((r) => setTimeout(r, 100)); // flock creates the file before it holds the lock
+  return child;
+}
 
 t.test('a login is on disk, in the line\'s layout, before it is answered', async (t) => {
   const { users, path, clock } = setup(t, `# team\nHOTP alice 1234 ${KEY} 0\nMOTP other - ${KEY}\n`);
@@ -296,10 +305,7 @@ t.test('a file that becomes unsafe while running: refused at once, old content k
 
 t.test('a lock held by another program: the write waits, or fails closed after the timeout', async (t) => {
   const { users, path } = setup(t, `HOTP pia 1 ${KEY} 0\n`, { lockTimeoutMs: 400 });
-  const child = spawn('flock', ['-o', `${path}.lock`, 'sleep', '3'], { stdio: 'ignore' });
-  t.teardown(() => { child.kill(); });
-  await waitFor(() => existsSync(`${path}.lock`));
-  await new Promise((r) => setTimeout(r, 100));
+  const child = await lockHeldElsewhere(t, path, 3);
   const outcome = await users.authenticate('pia', `1${rfcHotp(KEY, 0)}`, '10.0.0.1');
   t.match(outcome, { granted: false, unavailable: true }, 'no 200 without the counter on disk');
   t.equal(fieldsOf(path, 'pia')[4], '0');
@@ -499,10 +505,7 @@ t.test('a hashed PIN changed by an admin between its check and the commit: refus
   const before = await hashedField(HASHED_PIN);
   const after = await hashedField(secret('n3wPinAfter'));
   const { users, path } = setup(t, `HOTP ida ${before} ${KEY} 0 0\n`);
-  const child = spawn('flock', ['-o', `${path}.lock`, 'sleep', '5'], { stdio: 'ignore' });
-  t.teardown(() => { child.kill(); });
-  await waitFor(() => existsSync(`${path}.lock`));
-  await new Promise((r) => setTimeout(r, 100));
+  const child = await lockHeldElsewhere(t, path, 5);
   const login = users.authenticate('ida', `${HASHED_PIN}${rfcHotp(KEY, 0)}`, '10.0.0.1');
   await new Promise((r) => setTimeout(r, 200)); // verified, decided, and queued behind the lock
   writeFileSync(path, `HOTP ida ${after} ${KEY} 0 0\n`); // an editor that ignores the lock
