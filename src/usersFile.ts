@@ -68,7 +68,7 @@ interface Pending extends Request {
 const ignoreOutcome = (): void => undefined;
 
 /** The answer to a login not in the file, or refused for a malformed line of it. */
-const unknown = (lines: readonly number[] | undefined): Outcome => (lines === undefined
+const unknownLogin = (lines: readonly number[] | undefined): Outcome => (lines === undefined
   ? { granted: false, reason: 'unknown_user' } : { granted: false, reason: 'unknown_user', detail: 'malformed line in users file' });
 
 /**
@@ -91,11 +91,11 @@ const UNAVAILABLE: Outcome = Object.freeze({ granted: false, reason: 'unknown_us
 const DECOY_PIN: PinHash = { params: DEFAULT_SCRYPT, salt: Buffer.alloc(16), hash: Buffer.alloc(32) };
 
 /**
- * Runs at most `size` tasks at once, the others in turn. For scrypt: the thread
- * pool it runs in (4 threads unless UV_THREADPOOL_SIZE says otherwise) also
- * takes the file lock, writes and fsyncs every commit, and a flood of guesses
- * (an unknown login costs a decoy scrypt) held every login's commit up for
- * seconds once it filled the pool.
+ * Runs as many tasks at once as it has slots, the others in turn. For scrypt:
+ * the thread pool it runs in (4 threads unless UV_THREADPOOL_SIZE says
+ * otherwise) also takes the file lock, writes and fsyncs every commit, and a
+ * flood of guesses (an unknown login costs a decoy scrypt) held every login's
+ * commit up for seconds once it filled the pool.
  */
 class Slots {
   private readonly waiting: (() => void)[] = [];
@@ -452,7 +452,7 @@ export class UsersFile {
     if (lines === undefined || this.model.refused.has(login)) {
       this.lingerKeyOf(login, password); // the work a known login's lookup costs
       decoyCheck(password, this.policy);
-      const outcome = unknown(lines);
+      const outcome = unknownLogin(lines);
       // Where a known login may cost a scrypt, an unknown one does too.
       return this.model.hashedPins === 0 ? outcome : checkPin(DECOY_PIN, password.slice(0, -6)).then(() => outcome);
     }
@@ -466,7 +466,7 @@ export class UsersFile {
       // The file may have been re-read meanwhile: its lines are looked up again.
       if (this.problem !== undefined) return UNAVAILABLE;
       const current = this.model.index.get(login);
-      if (current === undefined || this.model.refused.has(login)) return unknown(current);
+      if (current === undefined || this.model.refused.has(login)) return unknownLogin(current);
       return this.decideNow(current, { ...request, verifiedPins }, this.clock());
     });
   }
