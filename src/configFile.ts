@@ -23,7 +23,8 @@ export function safetyOf(config: Config): FileSafety {
 }
 
 export function configFileFrom(option: string | undefined): string {
-  return option ?? process.env.OTPGATE_CONFIG ?? '/etc/otpgate/otpgate.yaml';
+  // An empty $OTPGATE_CONFIG (`OTPGATE_CONFIG= otpgate ...`) counts as unset.
+  return option ?? (process.env.OTPGATE_CONFIG || '/etc/otpgate/otpgate.yaml');
 }
 
 export function readConfig(file: string): Config {

@@ -6,6 +6,7 @@ import {
   codeAt, codesEqual, findEventCounter, findTimeStep, locateStep, stepAt, type TokenType,
 } from './otp.js';
 import { lingerActive, type LingerPolicy } from './linger.js';
+import { isHashedPin } from './pinHash.js';
 
 export interface Policy extends LingerPolicy {
   readonly maxOffset: number;
@@ -22,7 +23,7 @@ export interface Policy extends LingerPolicy {
 /** What the decision needs to know about one token line. */
 export interface TokenSpec {
   readonly type: TokenType;
-  /** `-` no PIN, `+` checked by another provider, else the PIN */
+  /** `-` no PIN, `+` checked by another provider, a `$scrypt$` hash, else the PIN */
   readonly pin: string;
   readonly key: Uint8Array;
   /**
@@ -64,6 +65,11 @@ export interface Attempt {
    * here, so failures from elsewhere cannot keep the owner out (lockout-DoS)
    */
   readonly usualIp?: boolean;
+  /**
+   * the stored PIN hashes the typed PIN matched, checked by the caller
+   * beforehand: scrypt is far too slow to run here, on the event loop
+   */
+  readonly verifiedPins?: ReadonlySet<string>;
 }
 
 export interface Verdict {
@@ -109,7 +115,10 @@ function locksOut(s: TokenState, attempt: Attempt, policy: Policy): boolean {
 // made the young-generation collections of a busy gateway several times slower.
 const digest = (s: string): string => hash('sha256', s, 'hex');
 
-/** Constant-time PIN check; the lengths of the typed and stored PINs do not leak. */
+/**
+ * Constant-time check of a plain stored PIN; the lengths of the typed and stored
+ * PINs do not leak. (A hashed one is checked by the caller: Attempt.verifiedPins.)
+ */
 export function pinMatches(stored: string, typed: string, storedDigest?: string): boolean {
   if (stored === '+') return false; // another provider's job; none is configured
   return codesEqual(storedDigest ?? digest(stored === '-' ? '' : stored), digest(typed));
@@ -134,8 +143,10 @@ function splitPassword(spec: TokenSpec, password: string): { pin: string; code: 
   return { pin: password.slice(0, cut), code: password.slice(cut) };
 }
 
-function typedPinOk(spec: TokenSpec, typed: string): boolean {
+function typedPinOk(spec: TokenSpec, typed: string, attempt: Attempt): boolean {
   if (spec.type.algorithm === 'MOTP') return spec.pin !== '+';
+  // A hash the caller did not verify (not checked, or changed since) never matches: fail closed.
+  if (isHashedPin(spec.pin)) return attempt.verifiedPins?.has(spec.pin) === true;
   return pinMatches(spec.pin, typed, storedPinDigest(spec));
 }
 
@@ -227,7 +238,7 @@ export function decide(lines: readonly TokenState[], attempt: Attempt, policy: P
     const s = lines[i] as TokenState;
     const parts = splitPassword(s.spec, attempt.password);
     if (parts === undefined) continue; // too short to hold a code: not a guess
-    if (!typedPinOk(s.spec, parts.pin)) {
+    if (!typedPinOk(s.spec, parts.pin, attempt)) {
       badPin = true;
       // The same work as with the right PIN: the time taken tells nothing.
       tryCode(s, parts.code, attempt, policy);

@@ -5,6 +5,7 @@
 import { hash, randomBytes } from 'node:crypto';
 import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, readlinkSync, readSync, statSync, type Stats } from 'node:fs';
 import { rm } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
@@ -12,6 +13,7 @@ import { TempFile, tempFileOf } from './atomicWrite.js';
 import { decide, decoyCheck, isLocked, type Policy, type Reason, type TokenState, type Verdict } from './decision.js';
 import { lockUsersFile, type HeldLock } from './fileLock.js';
 import { lingerActive } from './linger.js';
+import { DEFAULT_SCRYPT, isHashedPin, parsePinHash, verifyPin, type PinHash } from './pinHash.js';
 import {
   layoutStoresFailures, lineState, parseUsersFile, parseUsersFileInSlices, withChangedLines,
   type LineState, type TokenLine, type UsersFileModel,
@@ -44,20 +46,30 @@ interface Memory {
   linger?: { otp: string; time: number; ip: string } | undefined;
 }
 
-interface Pending {
+/** One authentication, as decided now and again in the group commit. */
+interface Request {
   readonly login: string;
   readonly password: string;
   readonly ip: string;
   readonly logout: boolean;
   readonly usualIp: boolean;
-  /** refused already (a failure to count): never grants, whatever the file now says */
-  readonly answered: boolean;
   /** the login and a keyed hash of the password (see UsersFile.lingers) */
   readonly lingerKey: string;
+  /** the stored PIN hashes the typed PIN matched, verified before the decision (see Attempt) */
+  readonly verifiedPins?: ReadonlySet<string> | undefined;
+}
+
+interface Pending extends Request {
+  /** refused already (a failure to count): never grants, whatever the file now says */
+  readonly answered: boolean;
   resolve(outcome: Outcome): void;
 }
 
 const ignoreOutcome = (): void => undefined;
+
+/** The answer to a login not in the file, or refused for a malformed line of it. */
+const unknownLogin = (lines: readonly number[] | undefined): Outcome => (lines === undefined
+  ? { granted: false, reason: 'unknown_user' } : { granted: false, reason: 'unknown_user', detail: 'malformed line in users file' });
 
 /**
  * HMAC-SHA-256 (RFC 2104) under a random key of this process, computed with two
@@ -73,6 +85,63 @@ function hmacPads(): { inner: string; outer: string } {
   };
 }
 const LINGER: Outcome = Object.freeze({ granted: true, reason: 'linger' });
+const UNAVAILABLE: Outcome = Object.freeze({ granted: false, reason: 'unknown_user', unavailable: true });
+
+/** An unknown login's PIN check where known ones may cost a scrypt: the work of a real hash, on a fixed salt. */
+const DECOY_PIN: PinHash = { params: DEFAULT_SCRYPT, salt: Buffer.alloc(16), hash: Buffer.alloc(32) };
+
+/**
+ * Runs as many tasks at once as it has slots, the others in turn. For scrypt:
+ * the thread pool it runs in (4 threads unless UV_THREADPOOL_SIZE says
+ * otherwise) also takes the file lock, writes and fsyncs every commit, and a
+ * flood of guesses (an unknown login costs a decoy scrypt) held every login's
+ * commit up for seconds once it filled the pool.
+ */
+class Slots {
+  private readonly waiting: (() => void)[] = [];
+  constructor(private free: number) {}
+
+  async run<T>(task: () => Promise<T>): Promise<T> {
+    if (this.free > 0) this.free--;
+    else await new Promise<void>((resolve) => this.waiting.push(resolve));
+    try {
+      return await task();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.free++;
+    }
+  }
+}
+
+// One core left for the event loop, and two pool threads for the file.
+const poolThreads = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+const pinChecks = new Slots(Math.max(1, Math.min(availableParallelism() - 1, poolThreads - 2)));
+const checkPin = (stored: PinHash, typed: string): Promise<boolean> => pinChecks.run(() => verifyPin(stored, typed));
+
+/**
+ * Verify the typed PIN of every line with a hashed PIN, locked or not, right or
+ * wrong, each at its own hash's cost: the time taken tells nothing. A hash counts
+ * as verified only where it matched on every line tried that holds it (lines
+ * with codes of other lengths see other typed PINs).
+ */
+async function verifiedPinsOf(tokens: readonly TokenLine[], password: string): Promise<ReadonlySet<string>> {
+  const results = await Promise.all(tokens.map((t): Promise<boolean | undefined> => {
+    const stored = parsePinHash(t.pin) ?? DECOY_PIN; // (parseLine refuses a malformed hash)
+    const cut = password.length - t.type.digits;
+    // Too short to hold a code: decide() skips the line, the work is done all the same.
+    if (cut < 0) return checkPin(stored, password).then(() => undefined);
+    return checkPin(stored, password.slice(0, cut));
+  }));
+  const verified = new Set<string>();
+  const refused = new Set<string>();
+  tokens.forEach((t, k) => {
+    const ok = results[k];
+    if (ok !== undefined) (ok ? verified : refused).add(t.pin);
+  });
+  for (const pin of refused) verified.delete(pin);
+  return verified;
+}
 
 /** Told about every durable write (metrics). */
 export interface WriteObserver {
@@ -377,24 +446,52 @@ export class UsersFile {
    * locked users and wrong codes alike take the same path and work, so their
    * timing tells nothing apart), its failure count written in the next group
    * commit. A login or logout is decided again under the lock, against the file
-   * as it is on disk, and answered once its change is durable.
+   * as it is on disk, and answered once its change is durable. Where the login
+   * has a hashed PIN, all this waits for the PIN's scrypt in the thread pool
+   * (for an unknown login, a decoy's, once the file holds any hashed PIN).
    */
   authenticate(login: string, password: string, ip: string, logout = false, usualIp = false): Outcome | Promise<Outcome> {
-    if (this.problem !== undefined) return { granted: false, reason: 'unknown_user', unavailable: true };
+    if (this.problem !== undefined) return UNAVAILABLE;
     const lines = this.model.index.get(login);
     if (lines === undefined || this.model.refused.has(login)) {
       this.lingerKeyOf(login, password); // the work a known login's lookup costs
       decoyCheck(password, this.policy);
-      return lines === undefined ? { granted: false, reason: 'unknown_user' }
-        : { granted: false, reason: 'unknown_user', detail: 'malformed line in users file' };
+      const outcome = unknownLogin(lines);
+      // Where a known login may cost a scrypt, an unknown one does too.
+      return this.model.hashedPins === 0 ? outcome : checkPin(DECOY_PIN, password.slice(0, -6)).then(() => outcome);
     }
     const lingerKey = this.lingerKeyOf(login, password);
     const now = this.clock();
     if (!logout && this.rideCached(lines, lingerKey, ip, now)) return LINGER;
+    const request: Request = { login, password, ip, logout, usualIp, lingerKey };
+    const hashed = this.model.hashedPins === 0 ? undefined : this.hashedTokensOf(lines);
+    if (hashed === undefined) return this.decideNow(lines, request, now);
+    return verifiedPinsOf(hashed, password).then((verifiedPins) => {
+      // The file may have been re-read meanwhile: its lines are looked up again.
+      if (this.problem !== undefined) return UNAVAILABLE;
+      const current = this.model.index.get(login);
+      if (current === undefined || this.model.refused.has(login)) return unknownLogin(current);
+      return this.decideNow(current, { ...request, verifiedPins }, this.clock());
+    });
+  }
+
+  /** The token lines among `lines` whose PIN is stored hashed, or undefined if none. */
+  private hashedTokensOf(lines: readonly number[]): TokenLine[] | undefined {
+    let hashed: TokenLine[] | undefined;
+    for (const i of lines) {
+      const t = this.tokenAt(this.model, i);
+      if (isHashedPin(t.pin)) (hashed ??= []).push(t);
+    }
+    return hashed;
+  }
+
+  /** Decide against the file and memory as they are now (PINs hashed in the file already verified). */
+  private decideNow(lines: readonly number[], request: Request, now: number): Outcome | Promise<Outcome> {
+    const { login, password, ip, logout, usualIp, lingerKey, verifiedPins } = request;
     const states = lines.map((i) => this.stateOf(this.model, i, now));
     // The file's last login IP makes an IP usual too (the caller knows only recent logins of this process).
     const usual = usualIp || states.some((s) => s.lastIp === ip);
-    const verdict = decide(states, { password, ip, now, logout, usualIp: usual }, this.policy);
+    const verdict = decide(states, { password, ip, now, logout, usualIp: usual, verifiedPins }, this.policy);
     if (verdict.reason === 'linger') {
       // Only the idle clock moves, and it lives in memory: no write, no wait.
       for (const [k, s] of verdict.changes) {
@@ -407,11 +504,11 @@ export class UsersFile {
     if (!verdict.granted && verdict.reason !== 'logout') {
       if (verdict.reason === 'locked') decoyCheck(password, this.policy); // the work a check would have cost
       if (verdict.changes.size > 0) {
-        this.enqueue({ login, password, ip, logout, usualIp: usual, answered: true, lingerKey, resolve: ignoreOutcome });
+        this.enqueue({ ...request, usualIp: usual, answered: true, resolve: ignoreOutcome });
       }
       return this.outcome(verdict);
     }
-    return new Promise<Outcome>((resolve) => this.enqueue({ login, password, ip, logout, usualIp: usual, answered: false, lingerKey, resolve }));
+    return new Promise<Outcome>((resolve) => this.enqueue({ ...request, usualIp: usual, answered: false, resolve }));
   }
 
   /** Do these credentials ride a linger they rode before (see lingers)? Moves its idle clock if so. */
@@ -710,7 +807,10 @@ export class UsersFile {
       // Gone or broken since it was queued (an admin's edit): nothing to record.
       if (lines === undefined || model.refused.has(p.login)) return { granted: false, reason: 'unknown_user' };
       const states = lines.map((i) => draft.get(i) ?? this.stateOf(model, i, now));
-      const verdict = decide(states, { password: p.password, ip: p.ip, now, logout: p.logout, usualIp: p.usualIp }, this.policy);
+      // A PIN an admin changed since it was verified is not in verifiedPins: refused (fail closed).
+      const verdict = decide(states, {
+        password: p.password, ip: p.ip, now, logout: p.logout, usualIp: p.usualIp, verifiedPins: p.verifiedPins,
+      }, this.policy);
       // A refusal already answered grants nothing now (the file changed meanwhile): only failures are recorded.
       if (p.answered && (verdict.granted || verdict.reason === 'logout')) return { granted: false, reason: verdict.reason };
       for (const [k, s] of verdict.changes) draft.set(lines[k] as number, s);
@@ -786,7 +886,7 @@ export class UsersFile {
       this.log.error({ event: 'users_file_write_failed', file: this.path, err: (err as Error).message },
         `${this.path}: could not record logins: ${(err as Error).message}`);
       if (pending.length === 0) pending = this.queue.splice(0);
-      for (const p of pending) p.resolve({ granted: false, reason: 'unknown_user', unavailable: true });
+      for (const p of pending) p.resolve(UNAVAILABLE);
     } finally {
       if (!keepLock) await this.releaseLock();
     }

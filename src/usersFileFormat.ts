@@ -4,7 +4,7 @@
 import { isUtf8 } from 'node:buffer';
 import { codeAt, codesEqual, type TokenType } from './otp.js';
 import { formatLocalTime, isLocalTimeText, parseLocalTime } from './localTime.js';
-import { isHashedPin } from './pinHash.js';
+import { isHashedPin, parsePinHash } from './pinHash.js';
 
 export interface TokenLine {
   /** 1-based line number in the file it was read from */
@@ -13,7 +13,7 @@ export interface TokenLine {
   /** field 1 exactly as written (pam_oath is case-sensitive about it) */
   readonly typeText: string;
   readonly login: string;
-  /** field 3 as written: `-` no PIN, `+` checked elsewhere, else the PIN */
+  /** field 3 as written: `-` no PIN, `+` checked elsewhere, a `$scrypt$` hash (pinHash.ts), else the PIN */
   readonly pin: string;
   readonly keyHex: string;
   readonly key: Buffer;
@@ -136,6 +136,12 @@ export function parseLine(text: string, lineNo: number): ParsedLine {
   if (pin === undefined) return invalid('missing PIN field');
   if (keyHex === undefined) return invalid('missing key field');
   if (login.length > MAX_FIELD || pin.length > MAX_FIELD) return invalid('user or PIN field too long');
+  // Every line of a big file is parsed at each load: only a field starting with `$` can be a hash.
+  if (pin.charCodeAt(0) === 0x24 /* $ */ && isHashedPin(pin)) {
+    if (type.algorithm === 'MOTP') return invalid('an MOTP PIN cannot be hashed (it is part of the code)');
+    // Not echoed: a PIN's hash can be guessed offline, and a typo may have left a plain PIN there.
+    if (parsePinHash(pin) === undefined) return invalid('malformed hashed PIN (field 3)');
+  }
   if (!HEX_KEY.test(keyHex)) return invalid('key is not an even number of hex digits');
   if (keyHex.length / 2 > MAX_KEY_BYTES) return invalid(`key longer than ${MAX_KEY_BYTES} bytes`);
   let counter = 0;
@@ -258,6 +264,8 @@ export interface UsersFileModel {
   readonly refused: ReadonlySet<string>;
   readonly problems: readonly Problem[];
   readonly tokenCount: number;
+  /** token lines whose PIN is stored hashed: while there are any, unknown logins cost a scrypt too */
+  readonly hashedPins: number;
 }
 
 function lineStarts(bytes: Buffer): Float64Array {
@@ -293,6 +301,7 @@ class FileParser {
   readonly refused = new Set<string>();
   readonly problems: Problem[] = [];
   tokenCount = 0;
+  hashedPins = 0;
   next = 0;
   // Decoding once and walking the text line by line (split on the same LF byte
   // as the offsets) is much cheaper than decoding each line's bytes.
@@ -314,8 +323,8 @@ class FileParser {
   }
 
   model(): UsersFileModel {
-    const { bytes, starts, parsed, index, refused, problems, tokenCount } = this;
-    return { bytes, starts, parsed, index, refused, problems, tokenCount };
+    const { bytes, starts, parsed, index, refused, problems, tokenCount, hashedPins } = this;
+    return { bytes, starts, parsed, index, refused, problems, tokenCount, hashedPins };
   }
 
   private parseAt(i: number): ParsedLine {
@@ -336,6 +345,7 @@ class FileParser {
     this.parsed[i] = result;
     if (result.kind === 'token') {
       this.tokenCount++;
+      if (isHashedPin(result.token.pin)) this.hashedPins++;
       const list = this.index.get(result.token.login);
       if (list) list.push(i);
       else this.index.set(result.token.login, [i]);
@@ -413,6 +423,7 @@ export function withChangedLines(model: UsersFileModel, changes: ReadonlyMap<num
     for (const p of pieces) at += p.copy(into, at);
     bytes = into.subarray(0, size);
   } else bytes = Buffer.concat(pieces, size);
+  // A change never touches a PIN: hashedPins carries over.
   return { ...model, bytes, starts, parsed };
 }
 

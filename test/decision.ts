@@ -263,3 +263,26 @@ t.test('the same brand-new code twice: the second rides the linger the first sta
   t.match(first, { granted: true, reason: 'ok' });
   t.match(decide([changed(first)], at(pw), policy), { granted: true, reason: 'linger' });
 });
+
+t.test('a hashed PIN matches only when the caller verified it (verifiedPins)', async (t) => {
+  const HASH = '$scrypt$ln=14,r=8,p=1$AAECAwQFBgcICQoLDA0ODw$WN+87vPtGO4o1fwEttloKNIwtqGZqnsfkSCWNJhrpMg';
+  const OTHER = '$scrypt$ln=14,r=8,p=1$AAECAwQFBgcICQoLDA0ODw$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA';
+  const s = line('HOTP', HASH, { counter: 0 });
+  const pw = `1234${rfcHotp(KEY, 0)}`;
+  const ok = decide([s], { ...at(pw), verifiedPins: new Set([HASH]) }, policy);
+  t.match(ok, { granted: true, reason: 'ok' });
+  t.match(changed(ok), { counter: 1, failures: 0 });
+  for (const [what, verifiedPins] of [['not verified', undefined], ['none matched', new Set<string>()],
+    ['another hash verified (the PIN changed since)', new Set([OTHER])]] as const) {
+    const v = decide([s], { ...at(pw), ...(verifiedPins ? { verifiedPins } : {}) }, policy);
+    t.match(v, { granted: false, reason: 'bad_pin', counted: true }, what);
+    t.match(changed(v), { counter: 0, failures: 1, lastOtp: undefined }, `${what}: a failure, no code consumed`);
+  }
+  t.match(decide([s], { ...at(HASH + rfcHotp(KEY, 0)) }, policy), { reason: 'bad_pin' }, 'typing the hash itself is no PIN');
+  const used = line('HOTP', HASH, { counter: 1, lastOtp: rfcHotp(KEY, 0), lastTime: NOW - 10, lastIp: '10.0.0.1' });
+  t.match(decide([used], { ...at(pw), verifiedPins: new Set([HASH]) }, policy), { granted: true, reason: 'linger' });
+  t.match(decide([used], at(pw), policy), { granted: false, reason: 'bad_pin' }, 'a linger needs the PIN verified too');
+  const plain = line('HOTP', '1234', { counter: 0 });
+  t.match(decide([s, plain], at(pw), policy), { granted: true, line: 1 }, 'a plain line beside it is checked as ever');
+  t.match(decide([s, plain], { ...at(pw), verifiedPins: new Set([HASH]) }, policy), { granted: true, line: 0 }, 'first match wins');
+});

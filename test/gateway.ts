@@ -14,6 +14,7 @@ import { basic, request, rfcHotp, secret, secretKey, tempDir, writeFile600, type
 import { identityHeaders, startGateway, type Gw, type GwOptions } from './lib/gateway.js';
 import { head, raw, type RawReply } from './lib/raw.js';
 import { findLeaks, registeredSecrets } from './lib/secrets.js';
+import { hashPin } from '../src/pinHash.js';
 
 // the last overload of t.test is (cb): its argument is a subtest
 type Test = Parameters<Parameters<typeof t.test>[0]>[0];
@@ -862,6 +863,30 @@ t.test('logoutPath', async (t) => {
   t.equal((await request(gw.port, { auth: bob })).status, 200, 'bob\'s linger survived all of them');
   t.equal(gw.backend.seen.length, 3, 'the backend saw no logout request');
   t.ok(auditEvents(gw.logs).some((e) => e.user === 'alice' && e.reason === 'logout' && e.path === 'logout'), 'logout audited');
+});
+
+t.test('a hashed PIN end to end: wrong PIN counted, login, linger, logout; a plain PIN beside it', async (t) => {
+  const pin = secret('h4shedPinEve');
+  const stored = secret(await hashPin(pin)); // the default cost, as the admin CLI writes it
+  const key = secretKey(randomBytes(20).toString('hex'));
+  const gw = await startGateway(t, `HOTP eve ${stored} ${key} 0 0\n${USERS}`, { config: { realm: REALM } });
+  const eve = (counter: number): [string, string] => ['eve', `${pin}${rfcHotp(key, counter)}`];
+  assertChallenge(t, await request(gw.port, { auth: ['eve', `${PIN.wrong}${rfcHotp(key, 0)}`] }), 'wrong PIN');
+  t.ok(await eventually(() => fileFields(gw.usersPath, 'eve')[5] === '1'), 'the failure is counted in the file');
+  const ok = await request(gw.port, { auth: eve(0), path: '/desk' });
+  t.equal(ok.status, 200, 'PIN + code: the backend answers');
+  t.same(identityHeaders(gw.backend.seen[0] as Seen), [['Remote-User', 'eve']]);
+  t.same(fileFields(gw.usersPath, 'eve').slice(2, 6), [stored, key, '1', '0'], 'code consumed, count reset, the hash kept');
+  t.equal((await request(gw.port, { auth: eve(0) })).status, 200, 'the same PIN + code lingers');
+  t.equal((await request(gw.port, { auth: ['alice', alicePw(0)] })).status, 200, 'a plain PIN in the same file');
+  assertChallenge(t, await request(gw.port, { path: '/otpgate/logout', auth: eve(0) }), 'logout');
+  assertChallenge(t, await request(gw.port, { auth: eve(0) }), 'those credentials after the logout');
+  t.equal((await request(gw.port, { auth: eve(1) })).status, 200, 'the next code logs in');
+  t.same(auditEvents(gw.logs).filter((e) => e.user === 'eve').map((e) => [e.reason, e.result]), [
+    ['bad_pin', 'denied'], ['ok', 'granted'], ['linger', 'granted'], ['logout', 'denied'], ['bad_otp', 'denied'], ['ok', 'granted'],
+  ]);
+  t.equal(gw.backend.seen.length, 4, 'the backend saw the granted requests only');
+  for (const s of [pin, stored]) t.notOk(gw.logs.text().includes(s), 'the log holds neither the PIN nor its hash');
 });
 
 t.test('the parallel first load: 20 requests with one brand-new code consume it once', async (t) => {

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import {
   chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, statSync, symlinkSync,
   unlinkSync, writeFileSync,
@@ -10,7 +10,8 @@ import {
   STRICT, UnsafeUsersFileError, UsersFile, UsersFileError, permissionProblem, safetyProblems, type FileSafety, type Outcome,
 } from '../src/usersFile.js';
 import { formatLocalTime } from '../src/localTime.js';
-import { memoryLogger, otherOwner, rfcHotp, rfcTotp, secretKey, tempDir, writeFile600 } from './lib/harness.js';
+import { DEFAULT_SCRYPT, hashPin } from '../src/pinHash.js';
+import { memoryLogger, otherOwner, rfcHotp, rfcTotp, secret, secretKey, tempDir, writeFile600 } from './lib/harness.js';
 
 const KEY = secretKey('3132333435363738393031323334353637383930');
 const policy: Policy = { maxOffset: 4, maxLinger: 600, logoutOnIpChange: false, maxFailures: 5, lockoutSeconds: 300, maxLockoutSeconds: 0, permanentLockAfter: 0 };
@@ -60,6 +61,15 @@ const waitFor = async (what: () => boolean, ms = 5000): Promise<boolean> => {
   }
   return what();
 };
+
+/** Another program (flock(1)) holding the users file's lock for `seconds`, or until killed. */
+async function lockHeldElsewhere(t: { teardown(fn: () => void): void }, path: string, seconds: number): Promise<ChildProcess> {
+  const child = spawn('flock', ['-o', `${path}.lock`, 'sleep', String(seconds)], { stdio: 'ignore' });
+  t.teardown(() => { child.kill(); });
+  await waitFor(() => existsSync(`${path}.lock`));
+  await new Promise((r) => setTimeout(r, 100)); // flock creates the file before it holds the lock
+  return child;
+}
 
 t.test('a login is on disk, in the line\'s layout, before it is answered', async (t) => {
   const { users, path, clock } = setup(t, `# team\nHOTP alice 1234 ${KEY} 0\nMOTP other - ${KEY}\n`);
@@ -295,10 +305,7 @@ t.test('a file that becomes unsafe while running: refused at once, old content k
 
 t.test('a lock held by another program: the write waits, or fails closed after the timeout', async (t) => {
   const { users, path } = setup(t, `HOTP pia 1 ${KEY} 0\n`, { lockTimeoutMs: 400 });
-  const child = spawn('flock', ['-o', `${path}.lock`, 'sleep', '3'], { stdio: 'ignore' });
-  t.teardown(() => { child.kill(); });
-  await waitFor(() => existsSync(`${path}.lock`));
-  await new Promise((r) => setTimeout(r, 100));
+  const child = await lockHeldElsewhere(t, path, 3);
   const outcome = await users.authenticate('pia', `1${rfcHotp(KEY, 0)}`, '10.0.0.1');
   t.match(outcome, { granted: false, unavailable: true }, 'no 200 without the counter on disk');
   t.equal(fieldsOf(path, 'pia')[4], '0');
@@ -441,4 +448,105 @@ t.test('lingers are remembered by an HMAC of the password, and the file still de
   await users.reload();
   t.notOk(users.ridesLinger('kim', password, '10.0.0.1'), 'the file says the linger is over');
   t.match(await users.authenticate('kim', password, '10.0.0.1'), { granted: false });
+});
+
+// Hashed PINs with cheap parameters (2^10) where the cost is not what a test is about.
+const FAST_SCRYPT = { ln: 10, r: 8, p: 1 };
+const HASHED_PIN = secret('h4shedPinD0ra');
+const PIN_WRONG = secret('n0tThePin');
+const hashedField = async (pin: string, params = FAST_SCRYPT): Promise<string> => secret(await hashPin(pin, params));
+
+t.test('a hashed PIN is verified before the decision; plain lines beside it work as before', async (t) => {
+  const stored = await hashedField(HASHED_PIN);
+  const { users, path } = setup(t, `HOTP dora ${stored} ${KEY} 0 0\nHOTP finn 1234 ${KEY} 0 0\nHOTP gus 1 ${KEY} 0\nHOTP gus 1 nothex\n`);
+  const good = `${HASHED_PIN}${rfcHotp(KEY, 0)}`;
+  const wrongPin = secret(`wr0ngPin42${rfcHotp(KEY, 1)}`);
+  const bad = users.authenticate('dora', wrongPin, '10.0.0.1');
+  t.ok(bad instanceof Promise, 'a hashed PIN is checked in the thread pool');
+  t.match(await bad, { granted: false, reason: 'bad_pin', counted: true });
+  await users.flush();
+  t.same(fieldsOf(path, 'dora').slice(2, 6), [stored, KEY, '0', '1'], 'the failure is counted in the file, the hash kept');
+  t.match(await users.authenticate('dora', good, '10.0.0.1'), { granted: true, reason: 'ok' });
+  t.same(fieldsOf(path, 'dora').slice(2, 6), [stored, KEY, '1', '0'], 'code consumed, count reset, the hash kept');
+  const ride = users.authenticate('dora', good, '10.0.0.1');
+  t.notOk(ride instanceof Promise, 'its linger rides at once, without a second scrypt');
+  t.match(ride, { granted: true, reason: 'linger' });
+  // The plain line: synchronous as ever, also in a file that holds hashes.
+  const finnBad = users.authenticate('finn', `9999${rfcHotp(KEY, 0)}`, '10.0.0.1');
+  t.notOk(finnBad instanceof Promise, 'a plain PIN\'s refusal is answered at once');
+  t.match(finnBad, { granted: false, reason: 'bad_pin' });
+  t.match(await users.authenticate('finn', `1234${rfcHotp(KEY, 0)}`, '10.0.0.1'), { granted: true, reason: 'ok' });
+  // Unknown logins cost a scrypt too, once the file holds a hash.
+  const nobody = users.authenticate('nobody', good, '10.0.0.1');
+  t.ok(nobody instanceof Promise, 'an unknown login runs a decoy scrypt');
+  t.match(await nobody, { granted: false, reason: 'unknown_user' });
+  const gus = users.authenticate('gus', good, '10.0.0.1');
+  t.ok(gus instanceof Promise, 'so does a login refused for a malformed line');
+  t.match(await gus, { granted: false, reason: 'unknown_user', detail: 'malformed line in users file' });
+  // The logout path: the PIN is verified, the linger ends.
+  t.match(await users.authenticate('dora', `${PIN_WRONG}${rfcHotp(KEY, 0)}`, '10.0.0.1', true), { granted: false, reason: 'bad_pin' },
+    'a wrong PIN ends nothing');
+  t.match(users.authenticate('dora', good, '10.0.0.1'), { granted: true, reason: 'linger' });
+  t.match(await users.authenticate('dora', good, '10.0.0.1', true), { granted: false, reason: 'logout' });
+  t.match(await users.authenticate('dora', good, '10.0.0.1'), { granted: false }, 'the linger is over');
+  t.match(await users.authenticate('dora', `${HASHED_PIN}${rfcHotp(KEY, 1)}`, '10.0.0.1'), { granted: true, reason: 'ok' }, 'the next code logs in');
+  t.notOk(readFileSync(path, 'utf8').includes(HASHED_PIN), 'the PIN itself is never written');
+});
+
+t.test('a locked user with a hashed PIN is still checked (the same work), and refused', async (t) => {
+  const { users } = setup(t, `HOTP hedy ${await hashedField(HASHED_PIN)} ${KEY} 0 5\n`);
+  const locked = users.authenticate('hedy', `${HASHED_PIN}${rfcHotp(KEY, 0)}`, '10.0.0.1');
+  t.ok(locked instanceof Promise, 'the scrypt runs whatever the lock');
+  t.match(await locked, { granted: false, reason: 'locked' });
+  t.match(await users.authenticate('hedy', `${HASHED_PIN.slice(0, 3)}`, '10.0.0.1'), { granted: false, reason: 'locked' },
+    'a password too short to hold a code too');
+});
+
+t.test('a hashed PIN changed by an admin between its check and the commit: refused, nothing consumed', async (t) => {
+  const before = await hashedField(HASHED_PIN);
+  const after = await hashedField(secret('n3wPinAfter'));
+  const { users, path } = setup(t, `HOTP ida ${before} ${KEY} 0 0\n`);
+  const child = await lockHeldElsewhere(t, path, 5);
+  const login = users.authenticate('ida', `${HASHED_PIN}${rfcHotp(KEY, 0)}`, '10.0.0.1');
+  await new Promise((r) => setTimeout(r, 200)); // verified, decided, and queued behind the lock
+  writeFileSync(path, `HOTP ida ${after} ${KEY} 0 0\n`); // an editor that ignores the lock
+  child.kill();
+  t.match(await login, { granted: false, reason: 'bad_pin' }, 'the new hash was never verified: fail closed');
+  await users.flush();
+  t.same(fieldsOf(path, 'ida').slice(2, 6), [after, KEY, '0', '1'], 'the code not consumed, the admin\'s PIN kept');
+});
+
+t.test('the file re-read while a hashed PIN is being checked: decided against the new file', async (t) => {
+  const { users, path } = setup(t, `HOTP jo ${await hashedField(HASHED_PIN, DEFAULT_SCRYPT)} ${KEY} 0 0\n`);
+  const login = users.authenticate('jo', `${HASHED_PIN}${rfcHotp(KEY, 0)}`, '10.0.0.1');
+  writeFileSync(path, `HOTP other - ${KEY} 0 0\n`);
+  await users.reload(); // well within the scrypt's tens of milliseconds
+  t.match(await login, { granted: false, reason: 'unknown_user' }, 'jo was removed meanwhile');
+  t.equal(readFileSync(path, 'utf8'), `HOTP other - ${KEY} 0 0\n`, 'nothing written for the removed line');
+});
+
+t.test('a flood of guesses that cost a scrypt does not hold up other logins\' commits (the thread pool stays free for the file)', async (t) => {
+  const stored = await hashedField(HASHED_PIN, DEFAULT_SCRYPT);
+  const { users } = setup(t, `HOTP kai ${stored} ${KEY} 0 0\nHOTP lea 1 ${KEY} 0 0\n`, { policy: { ...policy, maxFailures: 0 } });
+  let stop = false;
+  let guesses = 0;
+  // Unknown logins and wrong PINs alike: each costs a scrypt (with the default cost) in the thread pool.
+  const flood = Array.from({ length: 32 }, async (_, k) => {
+    while (!stop) {
+      await users.authenticate(k % 2 === 0 ? `ghost${k}` : 'kai', `${PIN_WRONG}${k}00000`, '192.0.2.1');
+      guesses++;
+    }
+  });
+  await new Promise((r) => setTimeout(r, 200));
+  const took: number[] = [];
+  for (let c = 0; c < 5; c++) {
+    const started = performance.now();
+    t.match(await users.authenticate('lea', `1${rfcHotp(KEY, c)}`, '10.0.0.1'), { granted: true, reason: 'ok' });
+    took.push(performance.now() - started);
+  }
+  stop = true;
+  await Promise.all(flood);
+  t.ok(guesses > 0, `${guesses} guesses were checked meanwhile`);
+  // With all four pool threads on scrypt, each of these waited seconds behind the queue of guesses.
+  t.ok(Math.max(...took) < 1000, `a plain login, written and fsynced, in ${took.map((ms) => Math.round(ms)).join(', ')} ms`);
 });

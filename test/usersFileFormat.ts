@@ -1,6 +1,6 @@
 import t from 'tap';
 import {
-  formatLine, layoutStoresFailures, lineState, pamOathReadable, parseLine, parseTokenType, parseUsersFile,
+  formatLine, layoutStoresFailures, lineState, pamOathReadable, parseLine, parseTokenType, parseUsersFile, parseUsersFileInSlices,
   withChangedLines, writtenFieldCount, type LineState, type TokenLine,
 } from '../src/usersFileFormat.js';
 import { parseLocalTime } from '../src/localTime.js';
@@ -235,4 +235,44 @@ t.test('a reason never echoes a field that may hold a key (a line with a field t
     t.equal(p.kind, 'invalid');
     if (p.kind === 'invalid') t.notMatch(p.reason, /a1b2c3/, `not in "${p.reason}"`);
   }
+});
+
+// A field of the right form (pinHash.ts's known vector); parsing checks the form only.
+const HASHED = '$scrypt$ln=14,r=8,p=1$AAECAwQFBgcICQoLDA0ODw$WN+87vPtGO4o1fwEttloKNIwtqGZqnsfkSCWNJhrpMg';
+
+t.test('a hashed PIN: kept as written; a malformed one or one on an MOTP line refuses the line, unechoed', async (t) => {
+  t.match(token(`HOTP/T30 ann ${HASHED} ${KEY} 0`), { login: 'ann', pin: HASHED });
+  t.equal(token(`HOTP ann $ecret ${KEY}`).pin, '$ecret', 'a plain PIN may start with $');
+  const tok = token(`HOTP ann ${HASHED} ${KEY} 0 0`);
+  t.equal(token(formatLine(tok, { counter: 9, failures: 2 })).pin, HASHED, 'a changed line keeps the hash');
+  const malformed = [
+    HASHED.slice(0, -1), `${HASHED}=`, HASHED.replace('ln=14', 'ln=30'), HASHED.replace('ln=14', 'ln=18').replace('r=8', 'r=64'),
+    '$scrypt$', '$scrypt$ln=14,r=8,p=1$s3cretPIN',
+  ];
+  for (const field of malformed) {
+    const p = parseLine(`HOTP ann ${field} ${KEY} 0`, 3);
+    t.match(p, { kind: 'invalid', reason: 'malformed hashed PIN (field 3)', login: 'ann' }, field);
+    if (p.kind === 'invalid') t.notOk(p.reason.includes(field), 'the field is not echoed');
+  }
+  t.notOk(JSON.stringify(parseLine(`HOTP ann $scrypt$ln=14,r=8,p=1$s3cretPIN ${KEY} 0`, 3)).includes('s3cret'));
+  for (const type of ['MOTP', 'MOTP/E', 'motp/T10/6']) {
+    t.match(parseLine(`${type} ann ${HASHED} ${KEY}`, 1),
+      { kind: 'invalid', reason: 'an MOTP PIN cannot be hashed (it is part of the code)', login: 'ann' }, type);
+  }
+});
+
+t.test('the model counts the token lines whose PIN is hashed', async (t) => {
+  const text = [
+    `HOTP a ${HASHED} ${KEY}`, `HOTP/T30 b ${HASHED} ${KEY} 0 0`, `HOTP c 1234 ${KEY}`, `HOTP d - ${KEY}`,
+    `# HOTP e ${HASHED} ${KEY}`, `HOTP f ${HASHED.slice(0, -2)} ${KEY}`, `MOTP g ${HASHED} ${KEY}`, '',
+  ].join('\n');
+  const model = parseUsersFile(Buffer.from(text));
+  t.equal(model.hashedPins, 2, 'valid token lines only: not a comment, not a refused line');
+  t.equal(model.tokenCount, 4);
+  t.same(model.problems.map((p) => p.line), [6, 7]);
+  t.equal((await parseUsersFileInSlices(Buffer.from(text), 2)).hashedPins, 2, 'parsed in slices: the same count');
+  t.equal(parseUsersFile(Buffer.from(`HOTP c 1234 ${KEY}\n`)).hashedPins, 0);
+  const changed = withChangedLines(model, new Map([[0, { counter: 5, failures: 0, lastOtp: '123456', lastTime: 1_700_000_000, lastIp: '::1' }]]));
+  t.equal(changed.hashedPins, 2, 'a written change keeps the count');
+  t.equal(parseUsersFile(changed.bytes).hashedPins, 2, 'as a fresh parse of the written bytes says');
 });
