@@ -53,7 +53,10 @@ const b64 = (b: Buffer): string => b.toString('base64').replace(/=+$/, '');
 /** Hash a PIN for the users file (runs in the thread pool). */
 export async function hashPin(pin: string, params: ScryptParams = DEFAULT_SCRYPT, salt: Buffer = randomBytes(SALT_BYTES)): Promise<string> {
   const hash = await derive(pin, salt, params);
-  return `${PREFIX}ln=${params.ln},r=${params.r},p=${params.p}$${b64(salt)}$${b64(hash)}`;
+  const field = `${PREFIX}ln=${params.ln},r=${params.r},p=${params.p}$${b64(salt)}$${b64(hash)}`;
+  // Never write a hash the gateway would refuse as malformed (salt length, cost bounds).
+  if (parsePinHash(field) === undefined) throw new Error('scrypt parameters or salt outside what the users file accepts');
+  return field;
 }
 
 /** Does `typed` hash to the stored value? Constant-time comparison of the digests. */

@@ -36,7 +36,9 @@ export function loginProblem(login: string): string | undefined {
 /** Why `pin` cannot be set as a new PIN under `policy`; undefined if it can. Never echoes the PIN. */
 export function pinProblem(pin: string, policy: PinPolicy): string | undefined {
   if (/[\s\u0000-\u001f\u007f]/.test(pin)) return 'a PIN cannot contain blanks or control characters';
-  if (pin === '-' || pin === '+' || isHashedPin(pin)) return 'a PIN cannot be "-", "+" or start with "$scrypt$" (those mean something else in the file)';
+  if (pin === '-' || pin === '+' || isHashedPin(pin) || /^\$[0-9a-z-]+\$/.test(pin)) {
+    return 'a PIN cannot be "-", "+" or look like a hash ("$name$...") (those mean something else in the file)';
+  }
   if (Buffer.byteLength(pin) > MAX_FIELD) return `a PIN can have at most ${MAX_FIELD} bytes`;
   if ([...pin].length < policy.minLength) return `a PIN needs at least ${policy.minLength} characters (pinPolicy.minLength)`;
   if (policy.digitsOnly && !/^\d*$/.test(pin)) return 'a PIN may only have digits (pinPolicy.digitsOnly)';

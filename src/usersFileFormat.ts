@@ -118,6 +118,8 @@ const isSafeInt = (s: string, signed: boolean): boolean =>
 const LEADING_BLANKS = /^[ \t\v\f\r]+/;
 const CONTROL = /[\u0000-\u0008\u000e-\u001f\u007f]/;
 const HEX_KEY = /^(?:[0-9a-fA-F]{2})+$/;
+/** A modular-crypt or PHC hash (`$2y$...`, `$argon2id$...`, `$6$...`) */
+const FOREIGN_HASH = /^\$[0-9a-z-]+\$/;
 
 /** Parse one line (without its terminator). `lineNo` is 1-based. */
 export function parseLine(text: string, lineNo: number): ParsedLine {
@@ -141,6 +143,9 @@ export function parseLine(text: string, lineNo: number): ParsedLine {
     if (type.algorithm === 'MOTP') return invalid('an MOTP PIN cannot be hashed (it is part of the code)');
     // Not echoed: a PIN's hash can be guessed offline, and a typo may have left a plain PIN there.
     if (parsePinHash(pin) === undefined) return invalid('malformed hashed PIN (field 3)');
+  } else if (pin.charCodeAt(0) === 0x24 && FOREIGN_HASH.test(pin)) {
+    // An argon2 or bcrypt hash pasted from elsewhere would otherwise be a plain PIN: the hash itself would log in.
+    return invalid('unsupported PIN hash (field 3: otpgate reads $scrypt$ hashes only)');
   }
   if (!HEX_KEY.test(keyHex)) return invalid('key is not an even number of hex digits');
   if (keyHex.length / 2 > MAX_KEY_BYTES) return invalid(`key longer than ${MAX_KEY_BYTES} bytes`);

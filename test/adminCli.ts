@@ -143,6 +143,27 @@ t.test('add: an event token; the code that confirmed the enrolment is used up', 
   t.equal((await request(gw.port, { auth: ['carol', rfcHotp(key, 3, 8)] })).status, 200, 'the next one does');
 });
 
+t.test('add --hash-pins: the PIN is stored as scrypt and the gateway checks it', async (t) => {
+  const dir = tempDir(t);
+  const file = writeFile600(join(dir, 'otp-users'), '');
+  const pin = secret('h4shedPin');
+  const key = secretKey(randomBytes(20).toString('hex'));
+  const r = await cli(['users', 'add', 'hank', '-f', file, '--pin', '-', '--hash-pins', '--type', 'HOTP/E', '--key', key, '--code', rfcHotp(key, 0), '--no-qr'],
+    { input: `${pin}\n` });
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /hank: added to .* \(HOTP\/E, 6 digits, PIN hashed, first code verified\)/);
+  t.match(tokenOf(file, 'hank')?.pin ?? '', /^\$scrypt\$/);
+  t.notOk(readFileSync(file, 'utf8').includes(pin), 'the PIN is not in the file');
+  const backend = await startBackend(t);
+  const config = writeFile600(join(dir, 'otpgate.yaml'), `listen: 127.0.0.1:0\nupstream: ${backend.url}\nusersFile: otp-users\n`);
+  const gw = await spawnGateway(config);
+  t.teardown(() => { gw.child.kill('SIGKILL'); });
+  t.equal((await request(gw.port, { auth: ['hank', `${pin}x${rfcHotp(key, 1)}`] })).status, 401, 'a wrong PIN is refused');
+  t.equal((await request(gw.port, { auth: ['hank', `${pin}${rfcHotp(key, 1)}`] })).status, 200, 'the right one logs in');
+  const exported = await cli(['users', 'export', '-f', file, '--format', 'mod_authn_otp']);
+  t.equal(exported.code, 1, 'mod_authn_otp could not check it: not exported');
+});
+
 t.test('add: refusals change nothing and say why in one line', async (t) => {
   const file = usersFile(t);
   const original = readFileSync(file);

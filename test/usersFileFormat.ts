@@ -276,3 +276,12 @@ t.test('the model counts the token lines whose PIN is hashed', async (t) => {
   t.equal(changed.hashedPins, 2, 'a written change keeps the count');
   t.equal(parseUsersFile(changed.bytes).hashedPins, 2, 'as a fresh parse of the written bytes says');
 });
+
+t.test('a PIN field holding another program\'s hash is refused, not taken as a plain PIN', async (t) => {
+  for (const pin of ['$2y$10$abcdefghijklmnopqrstuv', '$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA', '$6$salt$hash']) {
+    const p = parseLine(`HOTP a ${pin} ${KEY}`, 1);
+    t.match(p, { kind: 'invalid', reason: 'unsupported PIN hash (field 3: otpgate reads $scrypt$ hashes only)' });
+  }
+  t.match(parseLine(`HOTP a $ecret ${KEY}`, 1), { kind: 'token' }, 'a plain PIN may still start with $');
+});
+
