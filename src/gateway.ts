@@ -177,6 +177,7 @@ export class Gateway {
   }
 
   private liveFor(config: Config, users: UsersFile): Live {
+    users.onFailuresCleared = (login): void => { this.throttle.forget(login); };
     const assertion = config.identityAssertion;
     return {
       config, users, identity: normalizedHeaderName(config.identityHeader),

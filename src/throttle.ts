@@ -114,6 +114,18 @@ export class Throttle {
     if (this.policy.usualIpSeconds > 0) this.usual.set(pairKey(login, ip), now);
   }
 
+  /**
+   * The account's failures were cleared in the users file (an admin's unlock,
+   * or a login through another gateway on the same file): its account count
+   * and the counts of every IP paired with it start over.
+   */
+  forget(login: string): void {
+    this.accounts.delete(accountKey(login));
+    this.failures.delete(accountKey(login));
+    const pairs = pairKey(login, '');
+    for (const key of [...this.failures.keys()]) if (key.startsWith(pairs)) this.failures.delete(key);
+  }
+
   /** How many keys hold failures now (for metrics and tests). */
   get size(): number { return this.failures.size + this.accounts.size; }
 

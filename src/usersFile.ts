@@ -343,6 +343,13 @@ export function readUsersFileChecked(path: string, safety: FileSafety): { bytes:
   }
 }
 
+/** Logins with a failure count above 0 in the file. */
+function failingLogins(model: UsersFileModel): Set<string> {
+  const logins = new Set<string>();
+  for (const entry of model.parsed) if (entry.kind === 'token' && (entry.token.failures ?? 0) > 0) logins.add(entry.token.login);
+  return logins;
+}
+
 /** The file was changed by someone who does not take the lock, between our read and our rename. */
 class ChangedMeanwhile extends Error {}
 
@@ -421,6 +428,8 @@ export class UsersFile {
 
   /** metrics: told about lock waits and writes */
   observer: WriteObserver | undefined;
+  /** told of each login whose failure count someone else's change took back to 0 (the throttle forgets it too) */
+  onFailuresCleared: ((login: string) => void) | undefined;
 
   setPolicy(policy: Policy): void { this.policy = policy; }
 
@@ -600,7 +609,12 @@ export class UsersFile {
     const keys = new Set<string>();
     for (const entry of model.parsed) if (entry.kind === 'token') keys.add(tokenKey(entry.token));
     for (const key of this.memory.keys()) if (!keys.has(key)) this.memory.delete(key);
+    const failing = this.onFailuresCleared === undefined ? undefined : failingLogins(this.model);
     this.model = model;
+    if (failing !== undefined && failing.size > 0) {
+      const still = failingLogins(model);
+      for (const login of failing) if (!still.has(login) && model.index.has(login)) this.onFailuresCleared?.(login);
+    }
     this.known = identityOf(stats);
     this.log.info({ event: 'users_file_loaded', file: this.path, users: model.index.size, tokens: model.tokenCount,
       malformed: model.problems.length }, 'users file loaded');

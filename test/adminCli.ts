@@ -394,6 +394,32 @@ t.test('a refused users file: one line naming it', async (t) => {
   t.match(missing.stderr, /otp-users\.nope: cannot read users file \(no such file\)/);
 });
 
+t.test('unlock reaches a running gateway: the lock in the file and the throttle\'s waits end', async (t) => {
+  const dir = tempDir(t);
+  const file = writeFile600(join(dir, 'otp-users'), `HOTP bob ${PIN} ${KEY} 0 0\n`);
+  const backend = await startBackend(t);
+  const slow = '{ free: 3, baseSeconds: 600, maxSeconds: 900, quietSeconds: 3600 }';
+  const config = writeFile600(join(dir, 'otpgate.yaml'),
+    `listen: 127.0.0.1:0\nupstream: ${backend.url}\nusersFile: otp-users\nmaxFailures: 3\nthrottle:\n  pair: ${slow}\n  account: ${slow}\n`);
+  const gw = await spawnGateway(config);
+  t.teardown(() => { gw.child.kill('SIGKILL'); });
+  const statuses: number[] = [];
+  for (let i = 0; i < 5; i++) statuses.push((await request(gw.port, { auth: ['bob', `${PIN}00000${i}`] })).status);
+  t.same(statuses, [401, 401, 401, 401, 429], 'wrong codes, then a long wait');
+  t.equal((await request(gw.port, { auth: ['bob', `${PIN}${rfcHotp(KEY, 0)}`] })).status, 429, 'even with the right code');
+  // Refusals are answered at once; their counts reach the file with the next write.
+  for (let i = 0; i < 50 && (tokenOf(file, 'bob')?.failures ?? 0) < 3; i++) await new Promise((res) => setTimeout(res, 100));
+  t.equal(tokenOf(file, 'bob')?.failures, 3, 'and the file says locked (a locked account\'s attempt is not counted)');
+  const r = await cli(['users', 'unlock', 'bob', '-f', file]);
+  t.equal(r.code, 0, r.stderr);
+  let status = 0;
+  for (let i = 0; i < 50 && status !== 200; i++) {
+    await new Promise((res) => setTimeout(res, 100));
+    status = (await request(gw.port, { auth: ['bob', `${PIN}${rfcHotp(KEY, 0)}`] })).status;
+  }
+  t.equal(status, 200, 'the gateway saw the unlock within seconds and let bob in');
+});
+
 t.test('two adds of one login racing: exactly one wins', async (t) => {
   const file = usersFile(t);
   const runs = await Promise.all([1, 2, 3].map(() => cli(['users', 'add', 'race', '-f', file, '--no-pin', '--no-verify'])));

@@ -48,6 +48,22 @@ t.test('a success clears the account and the pair, and makes the IP usual', asyn
   t.notOk(th.isUsual('bob', '198.51.100.7', T0 + 2), 'usual for that account only');
 });
 
+t.test('forget: an admin\'s unlock clears the account and its pairs, nobody else\'s', async (t) => {
+  const th = new Throttle(policy);
+  for (let i = 0; i < 12; i++) {
+    th.failed('alice', '192.0.2.1', true, false, T0);
+    th.failed('alice', '192.0.2.2', true, false, T0);
+    th.failed('al', '192.0.2.1', false, false, T0); // a prefix of the name: not alice's
+    th.failed('bob', '192.0.2.3', true, false, T0);
+  }
+  t.ok(th.wait('alice', '192.0.2.1', true, false, T0) > 0);
+  th.forget('alice');
+  t.equal(th.wait('alice', '192.0.2.1', true, false, T0), 0, 'the pair and the account start over');
+  t.equal(th.wait('alice', '192.0.2.2', true, false, T0), 0, 'every IP paired with it too');
+  t.ok(th.wait('al', '192.0.2.1', false, false, T0, false) > 0, 'another name that starts alike keeps its count');
+  t.ok(th.wait('bob', '192.0.2.3', true, false, T0) > 0, 'other accounts keep theirs');
+});
+
 t.test('an office behind one NAT address: the IP waits only after many failures', async (t) => {
   const th = new Throttle(policy);
   // 49 failures spread over 49 agents, each one typo.
