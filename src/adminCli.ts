@@ -3,7 +3,7 @@
 // jobs of genotpurl, otptool and otplock in one place.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, statSync, writeFileSync, type Stats } from 'node:fs';
 import { resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseConfig, type Config } from './config.js';
@@ -444,11 +444,39 @@ export function usersCommand(prompter: Prompter): Command {
     .argument('<command...>', 'the command and its arguments, after --'))
     .action(async (command: string[], opts: FileOptions) => {
       const s = settingsOf(opts);
-      const code = await withUsersFileLock(s.usersFile, s.lockTimeoutMs, () => runHolding(command, s.usersFile));
+      const code = await withUsersFileLock(s.usersFile, s.lockTimeoutMs, async () => {
+        const before = statSync(s.usersFile);
+        const status = await runHolding(command, s.usersFile);
+        keepOwnerAndMode(s.usersFile, before);
+        return status;
+      });
       process.exitCode = code;
     });
 
   return users;
+}
+
+/**
+ * An editor run as root that writes a new file leaves it root's, and the
+ * gateway's own user could not read it: give it back the owner and mode it had.
+ */
+function keepOwnerAndMode(usersFile: string, before: Stats): void {
+  let after: Stats;
+  try {
+    after = statSync(usersFile);
+  } catch {
+    return; // gone: the gateway says so
+  }
+  const restore = (what: string, fn: () => void): void => {
+    try {
+      fn();
+      note(`${usersFile}: ${what} restored`);
+    } catch (err) {
+      note(`${usersFile}: cannot restore ${what} (${(err as NodeJS.ErrnoException).code ?? 'error'}); the gateway may not be able to use it`);
+    }
+  };
+  if (after.uid !== before.uid || after.gid !== before.gid) restore(`owner ${before.uid}:${before.gid}`, () => chownSync(usersFile, before.uid, before.gid));
+  if ((after.mode & 0o7777) !== (before.mode & 0o7777)) restore(`mode ${(before.mode & 0o7777).toString(8)}`, () => chmodSync(usersFile, before.mode & 0o7777));
 }
 
 /** Run the command; the lock is held until it ends, whatever signal reaches us meanwhile. */

@@ -3,7 +3,7 @@
 // Linux the two kinds do not exclude each other. Debian's patched liboath refuses
 // to run while `<file>.lock` exists, so the holder deletes it before unlocking,
 // and a waiter checks that the path still names the inode it locked.
-import { closeSync, constants, fstatSync, openSync, statSync, unlinkSync } from 'node:fs';
+import { closeSync, constants, fchownSync, fstatSync, openSync, statSync, unlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { constants as lockConstants, fcntl, flockSync } from 'fs-ext';
 
@@ -32,10 +32,13 @@ const setWriteLock = (fd: number): Promise<void> =>
   });
 
 /** One attempt; undefined if another holder has it. Never blocks. */
-async function tryLock(lockFile: string): Promise<HeldLock | undefined> {
+async function tryLock(lockFile: string, owner: { uid: number; gid: number } | undefined): Promise<HeldLock | undefined> {
   const fd = openSync(lockFile, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
   let keep = false;
   try {
+    // root (an admin's CLI) creates it with the users file's owner: left behind by a crash, a
+    // root-owned lock file could never be opened again by the gateway's own user.
+    if (owner !== undefined) fchownSync(fd, owner.uid, owner.gid);
     try {
       flockSync(fd, 'exnb');
       await setWriteLock(fd);
@@ -65,6 +68,17 @@ async function tryLock(lockFile: string): Promise<HeldLock | undefined> {
   } finally {
     // Closing the descriptor drops both its flock and the process's fcntl lock.
     if (!keep) closeSync(fd);
+  }
+}
+
+/** Whom root's lock file must belong to: the users file's owner (undefined: not root, or no change needed). */
+function lockOwner(usersFile: string): { uid: number; gid: number } | undefined {
+  if (process.getuid?.() !== 0) return undefined;
+  try {
+    const { uid, gid } = statSync(usersFile);
+    return uid === 0 && gid === 0 ? undefined : { uid, gid };
+  } catch {
+    return undefined; // opening the users file tells why
   }
 }
 
@@ -100,8 +114,9 @@ export async function lockUsersFile(usersFile: string, timeoutMs = 10_000): Prom
       timer.unref();
     })]);
     let pause = 1;
+    const owner = lockOwner(usersFile);
     for (;;) {
-      const held = await tryLock(lockFile);
+      const held = await tryLock(lockFile, owner);
       if (held) {
         return {
           lockFile,

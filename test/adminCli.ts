@@ -3,12 +3,12 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseUsersFile, type TokenLine } from '../src/usersFileFormat.js';
 import { formatLocalTime } from '../src/localTime.js';
 import {
-  BIN, request, rfcHotp, rfcTotp, secret, secretKey, spawnGateway, spawnOtpgate, startBackend, tempDir, writeFile600,
+  BIN, otherOwner, request, rfcHotp, rfcTotp, secret, secretKey, spawnGateway, spawnOtpgate, startBackend, tempDir, writeFile600,
 } from './lib/harness.js';
 
 type Tap = { teardown(fn: () => void | Promise<void>): void };
@@ -379,6 +379,24 @@ t.test('lock: runs a command holding the lock; others wait for it or time out', 
   const missing = await cli(['users', 'lock', '-f', file, '--', 'no-such-program-here']);
   t.equal(missing.code, 1);
   t.match(missing.stderr, /no-such-program-here: cannot run \(ENOENT\)/);
+});
+
+t.test('lock as root: the lock file and an editor\'s new file belong to the users file\'s owner', async (t) => {
+  const owner = otherOwner();
+  const file = usersFile(t);
+  chownSync(file, owner.uid, owner.gid);
+  const started = `${file}.started`;
+  // What an editor that writes a new file and renames it does: the new inode is the runner's, mode 644.
+  const sh = `touch "${started}"; sleep 1; cp "$OTPGATE_USERS_FILE" "$OTPGATE_USERS_FILE.tmp" && chmod 644 "$OTPGATE_USERS_FILE.tmp" && mv "$OTPGATE_USERS_FILE.tmp" "$OTPGATE_USERS_FILE"`;
+  const holder = cli(['users', 'lock', '-f', file, '--', 'sh', '-c', sh]);
+  for (let i = 0; i < 500 && !existsSync(started); i++) await new Promise((r) => setTimeout(r, 20));
+  const lock = statSync(`${file}.lock`);
+  t.same([lock.uid, lock.gid], [owner.uid, owner.gid], `lock file owned like the users file (${owner.what})`);
+  const r = await holder;
+  t.equal(r.code, 0, r.stderr);
+  const after = statSync(file);
+  t.same([after.uid, after.gid, after.mode & 0o777], [owner.uid, owner.gid, 0o600], 'owner and mode given back');
+  t.match(r.stderr, /mode 600 restored/);
 });
 
 t.test('a refused users file: one line naming it', async (t) => {
