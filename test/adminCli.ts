@@ -20,7 +20,10 @@ interface Run { code: number | null; stdout: string; stderr: string }
  */
 function cli(args: string[], options: { input?: string; answer?: (stdout: string) => string | undefined } = {}): Promise<Run> {
   const piped = options.input !== undefined || options.answer !== undefined;
-  const child = spawnOtpgate(args, {}, piped ? 'pipe' : 'ignore');
+  // What prints keys or codes on purpose: the enrolment URI, show --uri, codes, an export to standard output.
+  const showsSecrets = args[0] === 'otp' || args[1] === 'add' || args.includes('--uri') ||
+    (args[1] === 'export' && !args.includes('-o'));
+  const child = spawnOtpgate(args, {}, piped ? 'pipe' : 'ignore', showsSecrets);
   let stdout = '';
   let stderr = '';
   let answered = false;

@@ -176,12 +176,15 @@ export const BIN = fileURLToPath(new URL('../../bin/otpgate', import.meta.url));
  * out, so the child is exactly what an operator runs. Its output is captured
  * for the secrets scan.
  */
-export function spawnOtpgate(args: readonly string[], extraEnv: Record<string, string> = {}, stdin: 'ignore' | 'pipe' = 'ignore'): ChildProcess {
+export function spawnOtpgate(
+  args: readonly string[], extraEnv: Record<string, string> = {}, stdin: 'ignore' | 'pipe' = 'ignore', stdoutShowsSecrets = false,
+): ChildProcess {
   const child = spawn('env', ['-u', 'NODE_OPTIONS', process.execPath, BIN, ...args], {
     stdio: [stdin, 'pipe', 'pipe'], env: { ...process.env, ...extraEnv },
   });
   // Listeners added by the caller right after this still see every chunk: none arrives before the next tick.
-  child.stdout?.on('data', captureStream(`otpgate-${args[0] ?? ''}-stdout`));
+  // A command whose output is a key or a code by purpose (otpgate otp, an enrolment URI) is not a log.
+  if (!stdoutShowsSecrets) child.stdout?.on('data', captureStream(`otpgate-${args[0] ?? ''}-stdout`));
   child.stderr?.on('data', captureStream(`otpgate-${args[0] ?? ''}-stderr`));
   return child;
 }
