@@ -3,7 +3,7 @@
 // jobs of genotpurl, otptool and otplock in one place.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, chownSync, statSync, writeFileSync, type Stats } from 'node:fs';
+import { closeSync, constants, fchmodSync, fchownSync, fstatSync, openSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs';
 import { resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseConfig, type Config } from './config.js';
@@ -19,7 +19,7 @@ import { configFileFrom, policyOf, readConfig, safetyOf } from './configFile.js'
 import { UsersFileError, type FileSafety } from './usersFile.js';
 import {
   appendLines, changeLines, codesFrom, currentPosition, importPlan, linesOf, loggedOut, loginProblem, pinProblem,
-  removeLines, resynced, tokenAt, unlocked, userRows, type PinPolicy, type UserRow,
+  removeLines, resyncProblem, resynced, tokenAt, unlocked, userRows, type PinPolicy, type UserRow,
 } from './usersAdmin.js';
 import { editUsersFile, readUsersFile, withUsersFileLock } from './usersFileEdit.js';
 import {
@@ -136,15 +136,21 @@ function pinOptions(cmd: Command): Command {
     .option('--no-hash-pins', 'store the PIN as plain text, readable by mod_authn_otp and pam_oath');
 }
 
-/** `--type` plus `--digits` as the file's type field. */
+/**
+ * `--type` plus `--digits` as the file's type field, spelled as pam_oath reads
+ * it (it is case-sensitive and knows no `T` or `E` shorthand).
+ */
 function typeField(type: string, digits: number | undefined): string {
   const parsed = parseTokenType(type);
   if (parsed === undefined || parsed.algorithm !== 'HOTP') {
-    throw new CliError(`--type: expected an HOTP type, e.g. HOTP/T30 (TOTP), HOTP/T60 or HOTP/E (counter); MOTP tokens are not enrolled with an app`, 2);
+    throw new CliError('--type: expected an HOTP type, e.g. HOTP/T30 (TOTP), HOTP/T60 or HOTP/E (counter); MOTP tokens are not enrolled with an app', 2);
   }
-  if (digits === undefined || digits === parsed.digits) return type;
-  if (type.split('/').length === 3) throw new CliError(`--digits ${digits} contradicts --type ${type}`, 2);
-  return `${type.split('/').length === 1 ? `${type}/E` : type}/${digits}`;
+  if (digits !== undefined && digits !== parsed.digits && type.split('/').length === 3) {
+    throw new CliError(`--digits ${digits} contradicts --type ${type}`, 2);
+  }
+  const n = digits ?? parsed.digits;
+  if (parsed.stepSeconds === 0) return n === 6 ? 'HOTP' : `HOTP/E/${n}`;
+  return `HOTP/T${parsed.stepSeconds}${n === 6 ? '' : `/${n}`}`;
 }
 
 async function showEnrolment(token: { type: TokenLine['type']; login: string; key: Uint8Array; counter?: number }, label: string, issuer: string, qr: boolean, png?: string): Promise<void> {
@@ -213,7 +219,7 @@ function memoryNote(s: Settings, model: UsersFileModel, lines: readonly number[]
   for (const i of lines) {
     const t = tokenAt(model, i);
     if (!layoutStoresFailures(t) && what === 'failures') {
-      note(`${s.usersFile}:${i + 1}: this layout (pam_oath's) has no failure count; a running gateway keeps its count in memory until the user logs in or the gateway restarts`);
+      note(`${s.usersFile}:${i + 1}: this layout (pam_oath's) has no failure count; a running gateway keeps it in memory`);
     }
     if (t.liboathLayout && t.type.stepSeconds > 0 && what === 'linger') {
       note(`${s.usersFile}:${i + 1}: this layout (pam_oath's) cannot record where a linger came from; a running gateway keeps it in memory until it ends or the gateway restarts`);
@@ -221,9 +227,13 @@ function memoryNote(s: Settings, model: UsersFileModel, lines: readonly number[]
   }
 }
 
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$/;
+
 function parseAt(text: string): number {
-  const seconds = /^\d+$/.test(text) ? Number(text) : Date.parse(text) / 1000;
-  if (!Number.isFinite(seconds)) throw new InvalidArgumentError('expected epoch seconds or a date and time, e.g. 2026-11-25T14:00:00Z');
+  const seconds = /^\d{1,11}$/.test(text) ? Number(text) : ISO_TIME.test(text) ? Date.parse(text) / 1000 : NaN;
+  if (!Number.isFinite(seconds) || seconds < 0) {
+    throw new InvalidArgumentError('expected epoch seconds or an ISO 8601 date and time, e.g. 2026-11-25T14:00:00Z');
+  }
   return seconds;
 }
 
@@ -261,16 +271,23 @@ export function usersCommand(prompter: Prompter): Command {
       const key = opts.key !== undefined ? Buffer.from(opts.key, 'hex') : randomBytes(20);
       await showEnrolment({ type, login, key, counter: 0 }, opts.label ?? login, opts.issuer ?? s.issuer, opts.qr ?? process.stdout.isTTY === true, opts.qrPng);
       let counter = 0;
+      let used: { otp: string; time: number } | undefined;
       if (opts.verify) {
-        const code = opts.code === '-' ? await prompter.stdinLine('code')
-          : opts.code ?? await prompter.ask('Code shown by the app: ', false, 'no terminal to ask for the first code; pass --code CODE, --code - (read from standard input) or --no-verify');
-        const at = firstCodePosition(type, key, code.trim(), now());
-        if (at === undefined) throw new CliError(`${login}: that code does not belong to the new key (check the app's clock); nothing was changed`, 1);
-        counter = at;
+        const code = (opts.code === '-' ? await prompter.stdinLine('code')
+          : opts.code ?? await prompter.ask('Code shown by the app: ', false, 'no terminal to ask for the first code; pass --code CODE, --code - (read from standard input) or --no-verify')).trim();
+        const at = now();
+        const position = firstCodePosition(type, key, code, at);
+        if (position === undefined) {
+          if (opts.qrPng !== undefined) rmSync(opts.qrPng, { force: true }); // it holds a key nobody will use
+          throw new CliError(`${login}: that code does not belong to the new key (check the app's clock); nothing was changed`, 1);
+        }
+        counter = position;
+        // An event token's counter moves past the code; a time token's code is recorded as used.
+        if (type.stepSeconds > 0) used = { otp: code, time: Math.floor(at) };
       }
       const line = await edit(s, (model) => {
         existing(model);
-        const next = appendLines(model, [newTokenLine(typeText, login, pin.field, key.toString('hex'), counter)]);
+        const next = appendLines(model, [newTokenLine(typeText, login, pin.field, key.toString('hex'), counter, used)]);
         return { model: next, result: (next.index.get(login)?.[0] ?? 0) + 1 };
       });
       out(`${login}: added to ${s.usersFile}:${line} (${typeText}, ${type.digits} digits, ${pin.field === '-' ? 'no PIN' : pin.hashed ? 'PIN hashed' : 'PIN'}${opts.verify ? ', first code verified' : ''})`);
@@ -346,12 +363,16 @@ export function usersCommand(prompter: Prompter): Command {
   withFileOptions(users.command('unlock').description('set the failure count to 0').argument('<login>'))
     .action(async (login: string, opts: FileOptions) => {
       const s = settingsOf(opts);
-      const { lines, model } = await edit(s, (m) => {
+      const { lines, stored, model } = await edit(s, (m) => {
         const ls = tokenLinesOf(m, s, login);
-        const next = changeLines(m, ls.filter((i) => layoutStoresFailures(tokenAt(m, i))), unlocked);
-        return { model: next, result: { lines: ls, model: next } };
+        const withCount = ls.filter((i) => layoutStoresFailures(tokenAt(m, i)));
+        return { model: changeLines(m, withCount, unlocked), result: { lines: ls, stored: withCount.length, model: m } };
       });
       memoryNote(s, model, lines, 'failures');
+      if (stored === 0) {
+        throw new CliError(`${login}: no line of it keeps a failure count in the file; nothing was changed ` +
+          '(a running gateway ends a timed lock by itself; a permanent one, with lockoutSeconds 0, ends with a restart)', 1);
+      }
       out(`${login}: failure count cleared`);
     });
 
@@ -373,12 +394,19 @@ export function usersCommand(prompter: Prompter): Command {
       const s = settingsOf(opts);
       const at = now();
       const result = await edit(s, (model) => {
+        const unfit: string[] = [];
         for (const i of tokenLinesOf(model, s, login)) {
           const t = tokenAt(model, i);
+          const problem = resyncProblem(t);
+          if (problem !== undefined) {
+            unfit.push(`${s.usersFile}:${i + 1}: ${problem}`);
+            continue;
+          }
           const state = resynced(t, code1.trim(), code2.trim(), at);
           if (state !== undefined) return { model: changeLines(model, [i], () => state), result: { line: i + 1, state, t } };
         }
-        throw new CliError(`${login}: the two codes were not found one after the other (10,000 counters ahead, or a day either way); nothing was changed`, 1);
+        for (const u of unfit) note(u);
+        throw new CliError(`${login}: the two codes were not found one after the other (10,000 counters ahead, or a day either way, after the last code used); nothing was changed`, 1);
       });
       const what = result.t.type.stepSeconds === 0 ? `next counter ${result.state.counter}` : `offset ${result.state.counter} steps`;
       out(`${login}: resynchronised line ${result.line}: ${what}, failures cleared`);
@@ -444,6 +472,7 @@ export function usersCommand(prompter: Prompter): Command {
     .argument('<command...>', 'the command and its arguments, after --'))
     .action(async (command: string[], opts: FileOptions) => {
       const s = settingsOf(opts);
+      read(s); // the same checks as every command: no link, no file others can read
       const code = await withUsersFileLock(s.usersFile, s.lockTimeoutMs, async () => {
         const before = statSync(s.usersFile);
         const status = await runHolding(command, s.usersFile);
@@ -459,24 +488,37 @@ export function usersCommand(prompter: Prompter): Command {
 /**
  * An editor run as root that writes a new file leaves it root's, and the
  * gateway's own user could not read it: give it back the owner and mode it had.
+ * Through a descriptor opened without following links: the directory's owner
+ * could have put a link to another file of root's in its place.
  */
 function keepOwnerAndMode(usersFile: string, before: Stats): void {
-  let after: Stats;
+  let fd: number;
   try {
-    after = statSync(usersFile);
-  } catch {
+    fd = openSync(usersFile, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP') note(`${usersFile}: is now a symbolic link; owner and mode not touched`);
     return; // gone: the gateway says so
   }
-  const restore = (what: string, fn: () => void): void => {
-    try {
-      fn();
-      note(`${usersFile}: ${what} restored`);
-    } catch (err) {
-      note(`${usersFile}: cannot restore ${what} (${(err as NodeJS.ErrnoException).code ?? 'error'}); the gateway may not be able to use it`);
+  try {
+    const after = fstatSync(fd);
+    if (!after.isFile()) {
+      note(`${usersFile}: is no longer a regular file; owner and mode not touched`);
+      return;
     }
-  };
-  if (after.uid !== before.uid || after.gid !== before.gid) restore(`owner ${before.uid}:${before.gid}`, () => chownSync(usersFile, before.uid, before.gid));
-  if ((after.mode & 0o7777) !== (before.mode & 0o7777)) restore(`mode ${(before.mode & 0o7777).toString(8)}`, () => chmodSync(usersFile, before.mode & 0o7777));
+    const restore = (what: string, fn: () => void): void => {
+      try {
+        fn();
+        note(`${usersFile}: ${what} restored`);
+      } catch (err) {
+        note(`${usersFile}: cannot restore ${what} (${(err as NodeJS.ErrnoException).code ?? 'error'}); the gateway may not be able to use it`);
+      }
+    };
+    if (after.uid !== before.uid || after.gid !== before.gid) restore(`owner ${before.uid}:${before.gid}`, () => fchownSync(fd, before.uid, before.gid));
+    if ((after.mode & 0o7777) !== (before.mode & 0o7777)) restore(`mode ${(before.mode & 0o7777).toString(8)}`, () => fchmodSync(fd, before.mode & 0o7777));
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** Run the command; the lock is held until it ends, whatever signal reaches us meanwhile. */
@@ -505,7 +547,7 @@ export function otpCommand(): Command {
     .argument('<login>'))
     .addOption(new Option('--count <n>', 'how many consecutive codes').argParser(wholeNumber(1, 1000)).default(1))
     .addOption(new Option('--at <time>', 'time tokens: codes at this time (epoch seconds or ISO 8601) instead of now').argParser(parseAt).conflicts('counter'))
-    .addOption(new Option('--counter <n>', 'the counter (event tokens) or time step (time tokens) to start at').argParser(wholeNumber(0)))
+    .addOption(new Option('--counter <n>', 'the counter (event tokens) or time step (time tokens) to start at').argParser(wholeNumber(0, 2 ** 52)))
     .addOption(new Option('--line <n>', 'which of the user\'s token lines (1 = its first)').argParser(wholeNumber(1)).default(1))
     .action((login: string, opts: FileOptions & { count: number; at?: number; counter?: number; line: number }) => {
       const s = settingsOf(opts);

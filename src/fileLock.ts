@@ -36,9 +36,14 @@ async function tryLock(lockFile: string, owner: { uid: number; gid: number } | u
   const fd = openSync(lockFile, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
   let keep = false;
   try {
-    // root (an admin's CLI) creates it with the users file's owner: left behind by a crash, a
-    // root-owned lock file could never be opened again by the gateway's own user.
-    if (owner !== undefined) fchownSync(fd, owner.uid, owner.gid);
+    // root (an admin's CLI) gives a lock file it made the users file's owner: left behind by a
+    // crash, a root-owned one could never be opened again by the gateway's own user. Only a
+    // plain, root-owned file with one name: a link planted under the lock's name by the owner
+    // must not hand some other file of root's over to it.
+    if (owner !== undefined) {
+      const made = fstatSync(fd);
+      if (made.isFile() && made.nlink === 1 && made.uid === 0) fchownSync(fd, owner.uid, owner.gid);
+    }
     try {
       flockSync(fd, 'exnb');
       await setWriteLock(fd);

@@ -177,7 +177,7 @@ export class Gateway {
   }
 
   private liveFor(config: Config, users: UsersFile): Live {
-    users.onFailuresCleared = (login): void => { this.throttle.forget(login); };
+    users.onFailuresCleared = (login, loginIp): void => { this.throttle.forget(login, loginIp); };
     const assertion = config.identityAssertion;
     return {
       config, users, identity: normalizedHeaderName(config.identityHeader),

@@ -9,6 +9,7 @@ export class Prompter {
   private readonly buffered: string[] = [];
   private waiting: ((line: string | undefined) => void) | undefined;
   private ended = false;
+  private typeahead = '';
 
   /** The next line of standard input (for a flag given as `-`). */
   async stdinLine(what: string): Promise<string> {
@@ -38,38 +39,29 @@ export class Prompter {
     // Raw (no echo) before the question shows: an answer typed at once must not be echoed by the terminal.
     input.setRawMode(true);
     process.stderr.write(question);
-    input.resume();
+    let onData: ((chunk: Buffer) => void) | undefined;
     try {
       return await new Promise<string>((resolve, reject) => {
-        let typed = '';
-        const onData = (chunk: Buffer): void => {
-          for (const ch of chunk.toString('utf8')) {
-            if (ch === '\r' || ch === '\n') {
-              input.off('data', onData);
-              process.stderr.write('\n');
-              resolve(typed);
-              return;
-            }
-            if (ch === '\u0003' || ch === '\u0004') { // Ctrl-C, Ctrl-D
-              input.off('data', onData);
-              process.stderr.write('\n');
-              reject(new CliError('cancelled; nothing was changed', 1));
-              return;
-            }
-            if (ch === '\u007f' || ch === '\b') {
-              if (typed.length > 0) {
-                typed = [...typed].slice(0, -1).join('');
-                if (!hidden) process.stderr.write('\b \b');
-              }
-            } else if (ch >= ' ') {
-              typed += ch;
-              if (!hidden) process.stderr.write(ch);
-            }
-          }
+        const answer = new Answer(hidden);
+        const feed = (text: string): boolean => {
+          const result = answer.feed(text);
+          if (result === undefined) return false;
+          process.stderr.write('\n');
+          // Typed ahead (the next answer): kept for the next question.
+          this.typeahead = result.rest;
+          if (result.cancelled) reject(new CliError('cancelled; nothing was changed', 1));
+          else resolve(result.typed);
+          return true;
         };
+        const ahead = this.typeahead;
+        this.typeahead = '';
+        if (feed(ahead)) return;
+        onData = (chunk: Buffer): void => { feed(chunk.toString('utf8')); };
         input.on('data', onData);
+        input.resume();
       });
     } finally {
+      if (onData) input.off('data', onData);
       input.setRawMode(false);
       input.pause();
     }
@@ -78,5 +70,42 @@ export class Prompter {
   close(): void {
     this.lines?.close();
     process.stdin.pause();
+  }
+}
+
+/** What is typed at a raw terminal, key by key, until Enter. */
+class Answer {
+  private typed = '';
+  // 0: text; 1: after ESC; 2: inside a control sequence (an arrow key: ESC [ A)
+  private escape = 0;
+
+  constructor(private readonly hidden: boolean) {}
+
+  /** Undefined while the answer goes on; else the answer, or a cancel, and what was typed after it. */
+  feed(text: string): { typed: string; cancelled: boolean; rest: string } | undefined {
+    const chars = [...text];
+    for (let k = 0; k < chars.length; k++) {
+      const ch = chars[k] as string;
+      if (this.escape === 1) {
+        this.escape = ch === '[' || ch === 'O' ? 2 : 0;
+      } else if (this.escape === 2) {
+        if (ch >= '@' && ch <= '~') this.escape = 0;
+      } else if (ch === '\u001b') {
+        this.escape = 1;
+      } else if (ch === '\r' || ch === '\n') {
+        return { typed: this.typed, cancelled: false, rest: chars.slice(k + 1).join('').replace(/^\n/, '') };
+      } else if (ch === '\u0003' || ch === '\u0004') { // Ctrl-C, Ctrl-D
+        return { typed: '', cancelled: true, rest: '' };
+      } else if (ch === '\u007f' || ch === '\b') {
+        if (this.typed.length > 0) {
+          this.typed = [...this.typed].slice(0, -1).join('');
+          if (!this.hidden) process.stderr.write('\b \b');
+        }
+      } else if (ch >= ' ') {
+        this.typed += ch;
+        if (!this.hidden) process.stderr.write(ch);
+      }
+    }
+    return undefined;
   }
 }

@@ -115,13 +115,18 @@ export class Throttle {
   }
 
   /**
-   * The account's failures were cleared in the users file (an admin's unlock,
-   * or a login through another gateway on the same file): its account count
-   * and the counts of every IP paired with it start over.
+   * The account's failures were cleared in the users file. A login through
+   * another gateway on the same file (from `loginIp`) is what succeeded() is
+   * here: the account and that pair start over, other IPs' pairs keep their
+   * counts. An admin's unlock (no `loginIp`): every pair of the account starts over.
    */
-  forget(login: string): void {
+  forget(login: string, loginIp?: string): void {
     this.accounts.delete(accountKey(login));
     this.failures.delete(accountKey(login));
+    if (loginIp !== undefined) {
+      this.failures.delete(pairKey(login, loginIp));
+      return;
+    }
     const pairs = pairKey(login, '');
     for (const key of [...this.failures.keys()]) if (key.startsWith(pairs)) this.failures.delete(key);
   }

@@ -7,7 +7,7 @@ import { lingerActive } from './linger.js';
 import { codeAt, codesEqual, stepAt } from './otp.js';
 import { isHashedPin } from './pinHash.js';
 import {
-  layoutStoresFailures, lineState, parseUsersFile, withChangedLines,
+  layoutStoresFailures, lineState, nextEventCounter, parseUsersFile, withChangedLines,
   type LineState, type TokenLine, type UsersFileModel,
 } from './usersFileFormat.js';
 
@@ -171,7 +171,9 @@ const motpPin = (t: TokenLine): string => (t.type.algorithm === 'MOTP' && t.pin 
  * otptool's resync: find two consecutive codes and return the line's new state
  * (the next counter after them, or the drift that puts the second at now),
  * failures cleared; undefined when they are not found. An event token only
- * looks ahead of its counter: a counter never goes back.
+ * looks ahead of its counter, a time token only after its last used step: a
+ * used code never works again. Not for a time token on a liboath line, whose
+ * field 5 is no drift (see resyncProblem).
  */
 export function resynced(token: TokenLine, code1: string, code2: string, now: number): LineState | undefined {
   const { type, key } = token;
@@ -186,11 +188,25 @@ export function resynced(token: TokenLine, code1: string, code2: string, now: nu
   }
   const nowStep = stepAt(now, type.stepSeconds);
   const radius = Math.ceil(RESYNC_SECONDS / type.stepSeconds);
+  // Codes at or before the last one used are never taken again: the time a step was used stays recorded.
+  const usedStep = token.lastOtp !== undefined && token.lastTime !== undefined
+    ? stepAt(token.lastTime, type.stepSeconds) + token.counter : -1;
   // Nearest to now first: of two matches (a 6-digit pair repeats about once in 10^12) the likelier wins.
   for (let d = 0; d <= radius; d++) {
     for (const step of d === 0 ? [nowStep - 1] : [nowStep - 1 - d, nowStep - 1 + d]) {
-      if (step >= 0 && pair(step)) return { counter: step + 1 - nowStep, failures: 0 };
+      if (step > usedStep && pair(step)) {
+        // The second code is recorded as used (without an IP: it never lingers), so neither works again.
+        return { counter: step + 1 - nowStep, failures: 0, lastOtp: code2, lastTime: Math.floor(now) };
+      }
     }
+  }
+  return undefined;
+}
+
+/** Why resync cannot help this line; undefined if it can. */
+export function resyncProblem(token: TokenLine): string | undefined {
+  if (token.liboathLayout && token.type.stepSeconds > 0) {
+    return 'a time token in pam_oath\'s 7-field layout has no time offset to set (export and import it in mod_authn_otp\'s layout to resync it)';
   }
   return undefined;
 }
@@ -204,7 +220,7 @@ export function codesFrom(token: TokenLine, from: number, count: number): string
 
 /** The step or counter whose code the gateway expects now from this line. */
 export function currentPosition(token: TokenLine, now: number): number {
-  if (token.type.stepSeconds === 0) return token.counter;
+  if (token.type.stepSeconds === 0) return nextEventCounter(token);
   return stepAt(now, token.type.stepSeconds) + (token.liboathLayout ? 0 : token.counter);
 }
 
@@ -223,14 +239,18 @@ export interface ImportPlan {
  */
 export function importPlan(target: UsersFileModel, source: UsersFileModel, sourceName: string, targetName: string): ImportPlan {
   const conflicts: string[] = [];
-  for (const p of source.problems) conflicts.push(`${sourceName}:${p.line}: ${p.reason}`);
+  // The source may be any file (a wrong path, a key file): its content is not echoed.
+  for (const p of source.problems) conflicts.push(`${sourceName}:${p.line}: ${p.reason.replace(/ "[^"]*"/g, '')}`);
   const lines: string[] = [];
   const logins = new Set<string>();
   source.parsed.forEach((entry, i) => {
     if (entry.kind !== 'token') return;
     const login = entry.token.login;
     const existing = target.index.get(login)?.[0] ?? linesOf(target, login)[0];
-    if (existing !== undefined) {
+    const unfit = loginProblem(login);
+    if (unfit !== undefined) {
+      if (!logins.has(login)) conflicts.push(`${sourceName}:${i + 1}: ${unfit}`);
+    } else if (existing !== undefined) {
       if (!logins.has(login)) conflicts.push(`${sourceName}:${i + 1}: ${login} is already in ${targetName} (line ${existing + 1})`);
     } else {
       const raw = source.bytes.subarray(source.starts[i], source.starts[i + 1]).toString('utf8');

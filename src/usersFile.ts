@@ -91,33 +91,53 @@ const UNAVAILABLE: Outcome = Object.freeze({ granted: false, reason: 'unknown_us
 const DECOY_PIN: PinHash = { params: DEFAULT_SCRYPT, salt: Buffer.alloc(16), hash: Buffer.alloc(32) };
 
 /**
- * Runs as many tasks at once as it has slots, the others in turn. For scrypt:
- * the thread pool it runs in (4 threads unless UV_THREADPOOL_SIZE says
- * otherwise) also takes the file lock, writes and fsyncs every commit, and a
- * flood of guesses (an unknown login costs a decoy scrypt) held every login's
- * commit up for seconds once it filled the pool.
+ * Runs as many tasks at once as it has slots, the others in turn: one per
+ * client IP in turn, so a flood from one address waits behind itself, not in
+ * front of everybody else. For scrypt: the thread pool it runs in (4 threads
+ * unless UV_THREADPOOL_SIZE says otherwise) also takes the file lock, writes
+ * and fsyncs every commit, and a flood of guesses (an unknown login costs a
+ * decoy scrypt) held every login's commit up for seconds once it filled the pool.
  */
 class Slots {
-  private readonly waiting: (() => void)[] = [];
+  /** waiting tasks by client; the Map's order is the round */
+  private readonly waiting = new Map<string, (() => void)[]>();
   constructor(private free: number) {}
 
-  async run<T>(task: () => Promise<T>): Promise<T> {
+  async run<T>(client: string, task: () => Promise<T>): Promise<T> {
     if (this.free > 0) this.free--;
-    else await new Promise<void>((resolve) => this.waiting.push(resolve));
+    else {
+      await new Promise<void>((resolve) => {
+        const queue = this.waiting.get(client);
+        if (queue) queue.push(resolve);
+        else this.waiting.set(client, [resolve]);
+      });
+    }
     try {
       return await task();
     } finally {
-      const next = this.waiting.shift();
-      if (next) next();
-      else this.free++;
+      this.handOn();
     }
+  }
+
+  /** The slot goes to the first client in the round, which then moves to its end. */
+  private handOn(): void {
+    const first = this.waiting.entries().next();
+    if (first.done === true) {
+      this.free++;
+      return;
+    }
+    const [client, queue] = first.value;
+    this.waiting.delete(client);
+    const wake = queue.shift();
+    if (queue.length > 0) this.waiting.set(client, queue);
+    wake?.();
   }
 }
 
 // One core left for the event loop, and two pool threads for the file.
 const poolThreads = Number(process.env.UV_THREADPOOL_SIZE) || 4;
 const pinChecks = new Slots(Math.max(1, Math.min(availableParallelism() - 1, poolThreads - 2)));
-const checkPin = (stored: PinHash, typed: string): Promise<boolean> => pinChecks.run(() => verifyPin(stored, typed));
+const checkPin = (stored: PinHash, typed: string, ip: string): Promise<boolean> => pinChecks.run(ip, () => verifyPin(stored, typed));
 
 /**
  * Verify the typed PIN of every line with a hashed PIN, locked or not, right or
@@ -125,13 +145,13 @@ const checkPin = (stored: PinHash, typed: string): Promise<boolean> => pinChecks
  * as verified only where it matched on every line tried that holds it (lines
  * with codes of other lengths see other typed PINs).
  */
-async function verifiedPinsOf(tokens: readonly TokenLine[], password: string): Promise<ReadonlySet<string>> {
+async function verifiedPinsOf(tokens: readonly TokenLine[], password: string, ip: string): Promise<ReadonlySet<string>> {
   const results = await Promise.all(tokens.map((t): Promise<boolean | undefined> => {
     const stored = parsePinHash(t.pin) ?? DECOY_PIN; // (parseLine refuses a malformed hash)
     const cut = password.length - t.type.digits;
     // Too short to hold a code: decide() skips the line, the work is done all the same.
-    if (cut < 0) return checkPin(stored, password).then(() => undefined);
-    return checkPin(stored, password.slice(0, cut));
+    if (cut < 0) return checkPin(stored, password, ip).then(() => undefined);
+    return checkPin(stored, password.slice(0, cut), ip);
   }));
   const verified = new Set<string>();
   const refused = new Set<string>();
@@ -343,6 +363,21 @@ export function readUsersFileChecked(path: string, safety: FileSafety): { bytes:
   }
 }
 
+/** The IP of a login `after` records for `login` that `before` did not (another gateway's), if any. */
+function newLoginIp(before: UsersFileModel, after: UsersFileModel, login: string): string | undefined {
+  const latest = (m: UsersFileModel): { time: number; ip: string | undefined } => {
+    let best = { time: -1, ip: undefined as string | undefined };
+    for (const i of m.index.get(login) ?? []) {
+      const entry = m.parsed[i];
+      if (entry?.kind === 'token' && (entry.token.lastTime ?? -1) > best.time) best = { time: entry.token.lastTime ?? -1, ip: entry.token.lastIp };
+    }
+    return best;
+  };
+  const then = latest(before);
+  const now = latest(after);
+  return now.time > then.time ? now.ip : undefined;
+}
+
 /** Logins with a failure count above 0 in the file. */
 function failingLogins(model: UsersFileModel): Set<string> {
   const logins = new Set<string>();
@@ -428,8 +463,11 @@ export class UsersFile {
 
   /** metrics: told about lock waits and writes */
   observer: WriteObserver | undefined;
-  /** told of each login whose failure count someone else's change took back to 0 (the throttle forgets it too) */
-  onFailuresCleared: ((login: string) => void) | undefined;
+  /**
+   * told of each login whose failure count someone else's change took back to 0
+   * (the throttle forgets it too), with the IP when the change is a login elsewhere
+   */
+  onFailuresCleared: ((login: string, loginIp: string | undefined) => void) | undefined;
 
   setPolicy(policy: Policy): void { this.policy = policy; }
 
@@ -467,20 +505,25 @@ export class UsersFile {
       decoyCheck(password, this.policy);
       const outcome = unknownLogin(lines);
       // Where a known login may cost a scrypt, an unknown one does too.
-      return this.model.hashedPins === 0 ? outcome : checkPin(DECOY_PIN, password.slice(0, -6)).then(() => outcome);
+      return this.model.hashedPins === 0 ? outcome : checkPin(DECOY_PIN, password.slice(0, -6), ip).then(() => outcome);
     }
     const lingerKey = this.lingerKeyOf(login, password);
     const now = this.clock();
     if (!logout && this.rideCached(lines, lingerKey, ip, now)) return LINGER;
     const request: Request = { login, password, ip, logout, usualIp, lingerKey };
-    const hashed = this.model.hashedPins === 0 ? undefined : this.hashedTokensOf(lines);
-    if (hashed === undefined) return this.decideNow(lines, request, now);
-    return verifiedPinsOf(hashed, password).then((verifiedPins) => {
+    if (this.model.hashedPins === 0) return this.decideNow(lines, request, now);
+    const hashed = this.hashedTokensOf(lines);
+    // In a file with hashed PINs a plain-PIN login costs a scrypt too: the time taken tells
+    // no known login from an unknown one while PINs are being moved to hashes.
+    const verified = hashed === undefined
+      ? checkPin(DECOY_PIN, password.slice(0, -6), ip).then(() => undefined)
+      : verifiedPinsOf(hashed, password, ip);
+    return verified.then((verifiedPins) => {
       // The file may have been re-read meanwhile: its lines are looked up again.
       if (this.problem !== undefined) return UNAVAILABLE;
       const current = this.model.index.get(login);
       if (current === undefined || this.model.refused.has(login)) return unknownLogin(current);
-      return this.decideNow(current, { ...request, verifiedPins }, this.clock());
+      return this.decideNow(current, verifiedPins === undefined ? request : { ...request, verifiedPins }, this.clock());
     });
   }
 
@@ -609,11 +652,14 @@ export class UsersFile {
     const keys = new Set<string>();
     for (const entry of model.parsed) if (entry.kind === 'token') keys.add(tokenKey(entry.token));
     for (const key of this.memory.keys()) if (!keys.has(key)) this.memory.delete(key);
-    const failing = this.onFailuresCleared === undefined ? undefined : failingLogins(this.model);
+    const before = this.model;
+    const failing = this.onFailuresCleared === undefined ? undefined : failingLogins(before);
     this.model = model;
     if (failing !== undefined && failing.size > 0) {
       const still = failingLogins(model);
-      for (const login of failing) if (!still.has(login) && model.index.has(login)) this.onFailuresCleared?.(login);
+      for (const login of failing) {
+        if (!still.has(login) && model.index.has(login)) this.onFailuresCleared?.(login, newLoginIp(before, model, login));
+      }
     }
     this.known = identityOf(stats);
     this.log.info({ event: 'users_file_loaded', file: this.path, users: model.index.size, tokens: model.tokenCount,

@@ -220,8 +220,13 @@ const leadingFields = (typeText: string, login: string, pin: string, keyHex: str
  * A new user's line (without terminator): mod_authn_otp's layout with a failure
  * count (6 fields), so a lock, and an admin's unlock, are kept in the file.
  */
-export function newTokenLine(typeText: string, login: string, pin: string, keyHex: string, counter: number): string {
-  return [...leadingFields(typeText, login, pin, keyHex, counter), '0'].join(' ');
+export function newTokenLine(
+  typeText: string, login: string, pin: string, keyHex: string, counter: number, used?: { otp: string; time: number },
+): string {
+  const lead = leadingFields(typeText, login, pin, keyHex, counter);
+  if (used === undefined) return [...lead, '0'].join(' ');
+  // A code already seen (a time token's first code): recorded as used, without an IP, so it never logs in.
+  return [...lead, '0 ', used.otp.padEnd(7), formatLocalTime(used.time), NO_IP].join(' ');
 }
 
 /** Format a changed line (without terminator), mod_authn_otp's column widths. */
@@ -434,6 +439,16 @@ export function withChangedLines(model: UsersFileModel, changes: ReadonlyMap<num
 
 export type ExportFormat = 'oath' | 'mod_authn_otp';
 
+/**
+ * The next counter an event token expects. liboath records the counter of the
+ * code it accepted (its last OTP), mod_authn_otp and otpgate the next one.
+ */
+export function nextEventCounter(token: TokenLine): number {
+  const used = token.liboathLayout && token.type.algorithm === 'HOTP' && token.lastOtp !== undefined &&
+    codesEqual(codeAt(token.type, token.key, '', token.counter), token.lastOtp);
+  return used ? token.counter + 1 : token.counter;
+}
+
 /** Why `format`'s reader could not use this line; undefined if it can. */
 export function exportProblem(token: TokenLine, format: ExportFormat): string | undefined {
   if (isHashedPin(token.pin)) return 'its PIN is hashed, which only otpgate can check (set-pin a plain PIN first)';
@@ -451,11 +466,7 @@ export function exportProblem(token: TokenLine, format: ExportFormat): string | 
  */
 export function exportLine(token: TokenLine, format: ExportFormat): string {
   let counter = token.counter;
-  if (format === 'mod_authn_otp' && token.liboathLayout) {
-    if (token.type.stepSeconds > 0) counter = 0;
-    // liboath records the counter of the code it accepted, mod_authn_otp the next one it expects: the used code must not work again.
-    else if (token.lastOtp !== undefined && codesEqual(codeAt(token.type, token.key, '', token.counter), token.lastOtp)) counter++;
-  }
+  if (format === 'mod_authn_otp' && token.liboathLayout) counter = token.type.stepSeconds > 0 ? 0 : nextEventCounter(token);
   const fields = leadingFields(token.typeText, token.login, token.pin, token.keyHex, counter);
   const last = token.lastOtp !== undefined && token.lastTime !== undefined
     ? [token.lastOtp.padEnd(7), formatLocalTime(token.lastTime)] : undefined;

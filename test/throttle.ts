@@ -62,6 +62,13 @@ t.test('forget: an admin\'s unlock clears the account and its pairs, nobody else
   t.equal(th.wait('alice', '192.0.2.2', true, false, T0), 0, 'every IP paired with it too');
   t.ok(th.wait('al', '192.0.2.1', false, false, T0, false) > 0, 'another name that starts alike keeps its count');
   t.ok(th.wait('bob', '192.0.2.3', true, false, T0) > 0, 'other accounts keep theirs');
+  for (let i = 0; i < 12; i++) {
+    th.failed('alice', '192.0.2.1', true, false, T0);
+    th.failed('alice', '198.51.100.9', true, false, T0);
+  }
+  th.forget('alice', '192.0.2.1'); // a login from there, through another gateway
+  t.equal(th.wait('alice', '192.0.2.1', true, false, T0), 0, 'the pair that logged in starts over');
+  t.ok(th.wait('alice', '198.51.100.9', true, false, T0) > 0, 'a guesser elsewhere keeps its count');
 });
 
 t.test('an office behind one NAT address: the IP waits only after many failures', async (t) => {

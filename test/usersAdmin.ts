@@ -9,7 +9,7 @@ import { endLinger } from '../src/decision.js';
 import { formatLocalTime } from '../src/localTime.js';
 import {
   appendLines, changeLines, codesFrom, currentPosition, importPlan, linesOf, loggedOut, loginProblem, pinProblem,
-  removeLines, resynced, tokenAt, unlocked, userRows, type PinPolicy,
+  removeLines, resyncProblem, resynced, tokenAt, unlocked, userRows, type PinPolicy,
 } from '../src/usersAdmin.js';
 import {
   exportLine, exportProblem, lineState, newTokenLine, parseUsersFile, type LineState, type TokenLine, type UsersFileModel,
@@ -472,13 +472,22 @@ for (const step of [30, 60]) {
       const m = model(line);
       const tok = tokenAt(m, 0);
       const name = `${tok.fieldCount}-field line`;
+      if (tok.liboathLayout) {
+        t.match(resyncProblem(tok), /7-field layout has no time offset/, `${name}: liboath's field 5 is no drift: refused`);
+        continue;
+      }
+      t.equal(resyncProblem(tok), undefined);
       const threeHoursAgo = nowStep - (3 * 3600) / step; // step of the second code
       const twentyHoursAhead = nowStep + (20 * 3600) / step;
+      // The second code is recorded as used, at now: its step is now + drift, and it never works again.
+      const used = (s: number): LineState => ({ counter: s - nowStep, failures: 0, lastOtp: code(s), lastTime: NOW });
+      // The 9-field line used a code (drift 3) a moment ago: codes up to that step are spent.
+      const spent = tok.lastTime !== undefined;
       t.same(resynced(tok, code(threeHoursAgo - 1), code(threeHoursAgo), NOW),
-        { counter: threeHoursAgo - nowStep, failures: 0 }, `${name}: codes from 3 hours ago`);
+        spent ? undefined : used(threeHoursAgo), `${name}: codes from 3 hours ago`);
       t.same(resynced(tok, code(twentyHoursAhead - 1), code(twentyHoursAhead), NOW),
-        { counter: twentyHoursAhead - nowStep, failures: 0 }, `${name}: codes from 20 hours ahead`);
-      t.same(resynced(tok, code(nowStep - 1), code(nowStep), NOW), { counter: 0, failures: 0 }, `${name}: codes of now`);
+        used(twentyHoursAhead), `${name}: codes from 20 hours ahead`);
+      t.same(resynced(tok, code(nowStep - 1), code(nowStep), NOW), spent ? undefined : used(nowStep), `${name}: codes of now`);
       t.equal(resynced(tok, code(nowStep + (25 * 3600) / step - 1), code(nowStep + (25 * 3600) / step), NOW), undefined,
         `${name}: 25 hours ahead is not found`);
       t.equal(resynced(tok, code(nowStep + 10), code(nowStep + 12), NOW), undefined, `${name}: not consecutive`);
@@ -490,6 +499,7 @@ for (const step of [30, 60]) {
       t.equal(currentPosition(after, NOW), twentyHoursAhead, `${name}: after the resync the gateway expects code 2's step`);
       t.same(codesFrom(after, currentPosition(after, NOW), 1), [code(twentyHoursAhead)]);
       t.equal(after.liboathLayout, false, `${name}: field 5 of the new line is a drift`);
+      t.same([after.lastOtp, after.lastIp], [code(twentyHoursAhead), undefined], `${name}: code 2 recorded as used, with no IP to linger from`);
     }
   });
 }
