@@ -149,7 +149,7 @@ function typeField(type: string, digits: number | undefined): string {
     throw new CliError(`--digits ${digits} contradicts --type ${type}`, 2);
   }
   const n = digits ?? parsed.digits;
-  if (parsed.stepSeconds === 0) return n === 6 ? 'HOTP' : `HOTP/E/${n}`;
+  if (parsed.stepSeconds === 0) return n === 6 ? 'HOTP/E' : `HOTP/E/${n}`;
   return `HOTP/T${parsed.stepSeconds}${n === 6 ? '' : `/${n}`}`;
 }
 

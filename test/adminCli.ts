@@ -98,11 +98,14 @@ t.test('add: a TOTP user enrolled by a script answering the code prompt logs in 
   const before = statSync(file);
   const pin = secret('n3wUserPin');
   let key: string | undefined;
+  let first = '';
   const r = await cli(['users', 'add', 'alice', '-f', file, '--pin', '-', '--code', '-', '--issuer', 'Acme Helpdesk'], {
     input: `${pin}\n`,
     answer: (stdout) => {
       key = keyOfUri(stdout);
-      return key === undefined ? undefined : rfcTotp(key, Date.now() / 1000);
+      if (key === undefined) return undefined;
+      first = rfcTotp(key, Date.now() / 1000);
+      return first;
     },
   });
   t.equal(r.code, 0, r.stderr);
@@ -111,14 +114,16 @@ t.test('add: a TOTP user enrolled by a script answering the code prompt logs in 
   t.match(r.stdout, /alice: added to .*otp-users:2 \(HOTP\/T30, 6 digits, PIN, first code verified\)/);
   t.notOk(r.stdout.includes(pin) || r.stderr.includes(pin), 'the PIN is never echoed');
   const line = readFileSync(file, 'utf8').split('\n')[1] ?? '';
-  t.match(line, new RegExp(`^HOTP/T30 alice +${pin} +${key} -?\\d+ +0$`), 'mod_authn_otp layout with a failure count');
+  t.match(line, new RegExp(`^HOTP/T30 alice +${pin} +${key} -?\\d+ +0 +\\d{6} +\\S+L -$`),
+    'mod_authn_otp layout with a failure count; the first code recorded as used, with no IP to linger from');
   t.equal(statSync(file).mode & 0o777, before.mode & 0o777, 'mode kept');
 
   const backend = await startBackend(t);
   const config = writeFile600(join(dir, 'otpgate.yaml'), `listen: 127.0.0.1:0\nupstream: ${backend.url}\nusersFile: otp-users\n`);
   const gw = await spawnGateway(config);
   t.teardown(() => { gw.child.kill('SIGKILL'); });
-  // The code that confirmed the enrolment is spent: the app's next one logs in.
+  t.equal((await request(gw.port, { auth: ['alice', `${pin}${first}`] })).status, 401, 'the code that confirmed the enrolment is spent');
+  // The app's next one logs in.
   const login = await request(gw.port, { auth: ['alice', `${pin}${rfcTotp(key as string, Date.now() / 1000 + 30)}`] });
   t.equal(login.status, 200, 'the enrolled user logs in with a code computed by the RFC algorithm');
   t.equal(backend.seen.at(-1)?.headers['remote-user'], 'alice');
@@ -190,9 +195,11 @@ t.test('add: refusals change nothing and say why in one line', async (t) => {
     t.same(readFileSync(file), original, 'file unchanged');
   }
   const wrongCode = rfcTotp(KEY, Date.now() / 1000 + 3600);
-  const r = await cli(['users', 'add', 'dan', '-f', file, '--no-pin', '--key', KEY, '--code', wrongCode]);
+  const png = `${file}.png`;
+  const r = await cli(['users', 'add', 'dan', '-f', file, '--no-pin', '--key', KEY, '--code', wrongCode, '--qr-png', png]);
   t.equal(r.code, 1, 'a code an hour away is not the new token\'s');
   t.same(readFileSync(file), original);
+  t.notOk(existsSync(png), 'the QR code of a key nobody will use is removed');
 });
 
 t.test('add with a config: its PIN policy, issuer and token type; --qr-png', async (t) => {
@@ -282,6 +289,9 @@ t.test('remove, set-pin, unlock, logout, resync', async (t) => {
   t.equal(tokens(file).filter((x) => x.login === 'bob')[0]?.failures, 0);
   t.match(unlock.stderr, /otp-users:4: this layout \(pam_oath's\) has no failure count/, 'says what the file cannot hold');
 
+  const pamOnly = await cli(['users', 'unlock', 'dora', '-f', file]);
+  t.equal(pamOnly.code, 1, 'a user whose lines keep no failure count: nothing to unlock in the file');
+  t.match(pamOnly.stderr, /dora: no line of it keeps a failure count in the file; nothing was changed/);
   const newPin = secret('ch4ngedPin');
   const setPin = await cli(['users', 'set-pin', 'bob', '-f', file, '--pin', '-'], { input: `${newPin}\n` });
   t.equal(setPin.code, 0, setPin.stderr);
@@ -403,6 +413,20 @@ t.test('lock as root: the lock file and an editor\'s new file belong to the user
   t.match(r.stderr, /mode 600 restored/);
 });
 
+t.test('lock: a users file swapped for a link meanwhile is not followed when owner and mode are given back', async (t) => {
+  const owner = otherOwner();
+  const dir = tempDir(t);
+  const file = writeFile600(join(dir, 'otp-users'), `HOTP bob ${PIN} ${KEY} 0\n`);
+  chownSync(file, owner.uid, owner.gid);
+  const victim = writeFile600(join(dir, 'victim'), 'not the users file\n');
+  const before = statSync(victim);
+  const r = await cli(['users', 'lock', '-f', file, '--', 'sh', '-c', `ln -s "${victim}" "${file}.x" && mv -T "${file}.x" "${file}"`]);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stderr, /otp-users: is now a symbolic link; owner and mode not touched/);
+  const after = statSync(victim);
+  t.same([after.uid, after.gid, after.mode], [before.uid, before.gid, before.mode], 'the link\'s target is untouched');
+});
+
 t.test('a refused users file: one line naming it', async (t) => {
   const file = usersFile(t);
   writeFileSync(file, readFileSync(file), { mode: 0o644 });
@@ -452,7 +476,7 @@ t.test('two adds of one login racing: exactly one wins', async (t) => {
 t.test('no lost update: admin edits while a real gateway records logins on the same file', async (t) => {
   const dir = tempDir(t);
   const agents = Array.from({ length: 6 }, (_, i) => `agent${i}`);
-  const file = writeFile600(join(dir, 'otp-users'), agents.map((a) => `HOTP ${a} ${PIN} ${KEY} 0\n`).join(''));
+  const file = writeFile600(join(dir, 'otp-users'), agents.map((a) => `HOTP ${a} ${PIN} ${KEY} 0 0\n`).join(''));
   const backend = await startBackend(t);
   const config = writeFile600(join(dir, 'otpgate.yaml'), `listen: 127.0.0.1:0\nupstream: ${backend.url}\nusersFile: otp-users\nmaxLinger: 0\n`);
   const gw = await spawnGateway(config);
@@ -497,8 +521,10 @@ def until(pattern):
         try: seen += os.read(fd, 4096)
         except OSError: break
     return re.search(pattern, seen)
-until(rb'New PIN for tess: '); time.sleep(0.2); os.write(fd, sys.argv[3].encode() + b'\\r')
-until(rb'Same PIN again: '); time.sleep(0.2); os.write(fd, sys.argv[3].encode() + b'\\r')
+until(rb'New PIN for tess: '); time.sleep(0.2)
+# An arrow key in the middle (ignored), and the second answer typed ahead in the same write.
+pin = sys.argv[3].encode()
+os.write(fd, pin[:3] + b'\\x1b[A' + pin[3:] + b'\\r' + pin + b'\\r')
 m = until(rb'secret=([A-Z2-7]+)')
 until(rb'Code shown by the app: ')
 if not m:
