@@ -3,6 +3,7 @@
 // that passed all of them reaches the backend.
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import { hash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -108,6 +109,9 @@ export function throttlePolicyOf(config: Config): ThrottlePolicy {
   const { pair, account, ip, usualIpDays, maxEntries } = config.throttle;
   return { pair, account, ip, usualIpSeconds: usualIpDays * 86400, maxEntries };
 }
+
+/** Tells attempts with the same credentials apart from others, without keeping the password. */
+const credentialId = (login: string, password: string): string => hash('sha256', `${login}\0${password}`, 'base64');
 
 export class Gateway {
   readonly server: Server | HttpsServer;
@@ -240,11 +244,15 @@ export class Gateway {
       const { login, password } = credentials;
       const now = this.clock();
       const { known, usual } = this.attemptFacts(live.users, login, ip, now);
-      if (this.throttle.size > 0 && this.throttle.wait(login, ip, known, usual, now) > 0) {
+      const credential = credentialId(login, password);
+      if (!this.throttle.idle && this.throttle.wait(login, ip, known, usual, now, true, credential) > 0) {
         challenge(this.own(res, live), config.realm, closeAfter);
         return;
       }
-      this.settle(live.users.authenticate(login, password, ip, true, usual), (outcome) => {
+      const pending = live.users.authenticate(login, password, ip, true, usual);
+      const end = pending instanceof Promise ? this.throttle.begin(login, ip, usual, credential) : undefined;
+      this.settle(pending, (outcome) => {
+        end?.();
         this.audit(login, ip, outcome, true);
         // Credentials that end nothing are a guess like a wrong password.
         if (outcome.reason !== 'logout' && !outcome.unavailable) this.throttle.failed(login, ip, known, usual, now);
@@ -259,10 +267,11 @@ export class Gateway {
     const { login, password } = credentials;
     const { users } = live;
     const now = this.clock();
-    // Only once something failed is there anything to look up (the common case costs nothing).
-    let facts = this.throttle.size === 0 ? undefined : this.attemptFacts(users, login, ip, now);
+    // Only once something failed, or is being checked, is there anything to look up (the common case costs nothing).
+    let facts = this.throttle.idle ? undefined : this.attemptFacts(users, login, ip, now);
+    const credential = facts === undefined ? undefined : credentialId(login, password);
     if (facts) {
-      const wait = this.throttle.wait(login, ip, facts.known, facts.usual, now);
+      const wait = this.throttle.wait(login, ip, facts.known, facts.usual, now, true, credential);
       // An agent's logged-in session is no guess: its IP's count (a busy office
       // NAT) does not stop it. The account's and the pair's do, or guesses at a
       // lingering password would go unthrottled.
@@ -273,7 +282,12 @@ export class Gateway {
       }
     }
     const started = this.metrics ? performance.now() : 0;
-    this.settle(users.authenticate(login, password, ip, false, facts?.usual ?? false), (outcome) => {
+    const pending = users.authenticate(login, password, ip, false, facts?.usual ?? false);
+    // Answered later (a scrypt, a commit): it counts as a guess until then, or guesses sent at once would all pass.
+    const end = pending instanceof Promise
+      ? this.throttle.begin(login, ip, facts?.usual ?? false, credential ?? credentialId(login, password)) : undefined;
+    this.settle(pending, (outcome) => {
+      end?.();
       this.metrics?.authSeconds.observe((performance.now() - started) / 1000);
       this.audit(login, ip, outcome, false);
       if (outcome.reason === 'ok') this.throttle.succeeded(login, ip, now);

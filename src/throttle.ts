@@ -56,6 +56,12 @@ export class Throttle {
    */
   private readonly accounts = new Map<string, Failures>();
   private usual: LRUCache<string, number>;
+  /**
+   * attempts still being checked (a scrypt, a commit), by key: each distinct
+   * credential once, with how many requests carry it. Guesses sent all at once
+   * would otherwise all pass before the first of them is counted.
+   */
+  private readonly pending = new Map<string, Map<string, number>>();
 
   constructor(policy: ThrottlePolicy) {
     this.policy = policy;
@@ -89,13 +95,42 @@ export class Throttle {
    * cannot keep the owner out (see SECURITY.md, lockout-DoS). `byIp` false
    * leaves the IP's count out.
    */
-  wait(login: string, ip: string, known: boolean, usual: boolean, now: number, byIp = true): number {
+  wait(login: string, ip: string, known: boolean, usual: boolean, now: number, byIp = true, credential?: string): number {
     const { pair, ip: ipRule, account } = this.policy;
-    let until = this.until(this.failures, pairKey(login, ip), pair, now);
-    if (byIp) until = Math.max(until, this.until(this.failures, ipKey(ip), ipRule, now));
-    if (!usual) until = Math.max(until, this.until(this.accountStore(known), accountKey(login), account, now));
+    let until = this.until(this.failures, pairKey(login, ip), pair, now, credential);
+    if (byIp) until = Math.max(until, this.until(this.failures, ipKey(ip), ipRule, now, credential));
+    if (!usual) until = Math.max(until, this.until(this.accountStore(known), accountKey(login), account, now, credential));
     return until > now ? Math.ceil(until - now) : 0;
   }
+
+  /**
+   * An attempt whose answer is not known yet: until `end` is called it counts as
+   * a failure for the next wait(), once per distinct `credential` (an opaque id;
+   * a browser's parallel requests carry the same one).
+   */
+  begin(login: string, ip: string, usual: boolean, credential: string): () => void {
+    const keys = usual ? [pairKey(login, ip), ipKey(ip)] : [pairKey(login, ip), ipKey(ip), accountKey(login)];
+    for (const key of keys) {
+      const held = this.pending.get(key) ?? new Map<string, number>();
+      held.set(credential, (held.get(credential) ?? 0) + 1);
+      this.pending.set(key, held);
+    }
+    let ended = false;
+    return (): void => {
+      if (ended) return;
+      ended = true;
+      for (const key of keys) {
+        const held = this.pending.get(key);
+        const n = (held?.get(credential) ?? 1) - 1;
+        if (n > 0) held?.set(credential, n);
+        else held?.delete(credential);
+        if (held?.size === 0) this.pending.delete(key);
+      }
+    };
+  }
+
+  /** Nothing failed and nothing is being checked: no wait to look up. */
+  get idle(): boolean { return this.failures.size === 0 && this.accounts.size === 0 && this.pending.size === 0; }
 
   /**
    * A wrong PIN or code, an unknown login, a locked account. `known`: the login
@@ -138,14 +173,17 @@ export class Throttle {
     return known ? this.accounts : this.failures;
   }
 
-  private until(store: Store, key: string, rule: ThrottleRule, now: number): number {
-    const f = store.get(key);
-    if (f === undefined) return 0;
-    if (now >= f.last + rule.quietSeconds) {
+  private until(store: Store, key: string, rule: ThrottleRule, now: number, credential?: string): number {
+    let f = store.get(key);
+    if (f !== undefined && now >= f.last + rule.quietSeconds) {
       store.delete(key);
-      return 0;
+      f = undefined;
     }
-    return f.until;
+    const held = this.pending.get(key);
+    // Other credentials still being checked count as the failures they may turn out to be.
+    const others = held === undefined ? 0 : held.size - (credential !== undefined && held.has(credential) ? 1 : 0);
+    if (others === 0) return f?.until ?? 0;
+    return Math.max(f?.until ?? 0, now + waitAfter(rule, (f?.count ?? 0) + others));
   }
 }
 

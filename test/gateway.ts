@@ -889,6 +889,20 @@ t.test('a hashed PIN end to end: wrong PIN counted, login, linger, logout; a pla
   for (const s of [pin, stored]) t.notOk(gw.logs.text().includes(s), 'the log holds neither the PIN nor its hash');
 });
 
+t.test('40 guesses at a hashed PIN sent at once: the throttle stops most before they are checked', async (t) => {
+  const pin = secret('h4shedPinZed');
+  const stored = secret(await hashPin(pin));
+  const key = secretKey(randomBytes(20).toString('hex'));
+  const gw = await startGateway(t, `HOTP zed ${stored} ${key} 0 0\n${USERS}`, { config: { realm: REALM, maxFailures: 0 } });
+  const replies = await Promise.all(Array.from({ length: 40 }, (_, k) =>
+    request(gw.port, { auth: ['zed', `${PIN.wrong}${String(k).padStart(2, '0')}${rfcHotp(key, 0).slice(2)}`] })));
+  const checked = replies.filter((r) => r.status === 401).length;
+  t.equal(checked + replies.filter((r) => r.status === 429).length, 40, 'each refused or throttled');
+  // The pair's five free failures and the one being checked when the sixth arrives (no file lock: maxFailures 0).
+  t.ok(checked <= 6, `${checked} of 40 checked`);
+  t.equal((await request(gw.port, { auth: ['zed', `${pin}${rfcHotp(key, 0)}`] })).status, 429, 'the account waits now, right PIN or not');
+});
+
 t.test('the parallel first load: 20 requests with one brand-new code consume it once', async (t) => {
   const gw = await gateway(t);
   const auth = ['alice', alicePw(0)] as [string, string];

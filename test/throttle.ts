@@ -71,6 +71,28 @@ t.test('forget: an admin\'s unlock clears the account and its pairs, nobody else
   t.ok(th.wait('alice', '198.51.100.9', true, false, T0) > 0, 'a guesser elsewhere keeps its count');
 });
 
+t.test('attempts still being checked count: guesses sent at once do not all pass', async (t) => {
+  const th = new Throttle(policy);
+  t.ok(th.idle);
+  const ends = Array.from({ length: 6 }, (_, k) => {
+    t.equal(th.wait('alice', '192.0.2.1', true, false, T0, true, `guess${k}`), 0, `guess ${k + 1} in flight with ${k} others: checked`);
+    return th.begin('alice', '192.0.2.1', false, `guess${k}`);
+  });
+  t.notOk(th.idle, 'something is being checked');
+  t.equal(th.wait('alice', '192.0.2.1', true, false, T0, true, 'guess6'), 1, 'a seventh waits while six are checked');
+  t.equal(th.wait('alice', '192.0.2.1', true, false, T0, true, 'guess0'), 0, 'the same credentials again (a browser\'s parallel requests) do not');
+  t.equal(th.wait('bob', '192.0.2.9', true, false, T0, true, 'x'), 0, 'nobody else waits');
+  for (const end of ends) end();
+  ends[0]?.(); // a second end changes nothing
+  t.ok(th.idle, 'all answered, nothing failed: idle again');
+  t.equal(th.wait('alice', '192.0.2.1', true, false, T0, true, 'guess6'), 0);
+  const same = [th.begin('carl', '192.0.2.1', false, 'pw'), th.begin('carl', '192.0.2.1', false, 'pw')];
+  same[0]?.();
+  t.notOk(th.idle, 'one of two identical requests still in flight');
+  same[1]?.();
+  t.ok(th.idle);
+});
+
 t.test('an office behind one NAT address: the IP waits only after many failures', async (t) => {
   const th = new Throttle(policy);
   // 49 failures spread over 49 agents, each one typo.
