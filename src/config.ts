@@ -5,6 +5,7 @@ import { BlockList, isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
+import type { Route } from './routes.js';
 import { parseTokenType } from './usersFileFormat.js';
 import { UNFIT_FOR_IDENTITY, isValidHeaderName, normalizedHeaderName } from './headers.js';
 
@@ -70,6 +71,14 @@ const enrolment = z.strictObject({
     .default('HOTP/T30'),
 }).prefault({});
 
+// Path rules (routes.ts): `path` a prefix, or `pattern` a regular expression on the path.
+const route = z.strictObject({
+  path: urlPath.optional(),
+  pattern: z.string().min(1).optional(),
+  auth: z.enum(['otp', 'none', 'deny'], { error: 'expected otp, none or deny' }),
+  keepAuthorization: z.boolean().default(false),
+});
+
 const schema = z.strictObject({
   listen: z.string().default('127.0.0.1:8080'),
   upstream: z.string({ error: 'required: the backend base URL, e.g. http://127.0.0.1:8081' }),
@@ -109,6 +118,7 @@ const schema = z.strictObject({
   hashPins: z.boolean().default(false),
   pinPolicy,
   enrolment,
+  routes: z.array(route).default([]),
 });
 
 type Raw = z.infer<typeof schema>;
@@ -118,7 +128,8 @@ export interface Listen {
   readonly port: number;
 }
 
-export interface Config extends Omit<Raw, 'listen' | 'upstream' | 'usersFile' | 'trustedProxies' | 'metricsListen'> {
+export interface Config extends Omit<Raw, 'listen' | 'upstream' | 'usersFile' | 'trustedProxies' | 'metricsListen' | 'routes'> {
+  readonly routes: readonly Route[];
   readonly listen: Listen;
   readonly metricsListen?: Listen | undefined;
   readonly upstream: URL;
@@ -154,6 +165,24 @@ function parseTrusted(entries: readonly string[], errors: string[], where: strin
     list.addSubnet(addr, prefix, family === 6 ? 'ipv6' : 'ipv4');
   });
   return list;
+}
+
+function parseRoutes(entries: Raw['routes'], errors: string[], where: string): Route[] {
+  return entries.flatMap((entry, i): Route[] => {
+    const at = `${where}: routes[${i}]`;
+    if ((entry.path === undefined) === (entry.pattern === undefined)) {
+      errors.push(`${at}: expected either path (a prefix) or pattern (a regular expression)`);
+      return [];
+    }
+    if (entry.keepAuthorization && entry.auth !== 'none') errors.push(`${at}.keepAuthorization: only for auth: none`);
+    if (entry.path !== undefined) return [{ auth: entry.auth, path: entry.path, keepAuthorization: entry.keepAuthorization }];
+    try {
+      return [{ auth: entry.auth, pattern: new RegExp(entry.pattern as string, 'u'), keepAuthorization: entry.keepAuthorization }];
+    } catch (err) {
+      errors.push(`${at}.pattern: not a regular expression (${(err as Error).message.replace(/^Invalid regular expression: /, '')})`);
+      return [];
+    }
+  });
 }
 
 /**
@@ -210,6 +239,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     errors.push(`${source}: identityAssertion.header: must differ from identityHeader`);
   }
   const trusted = parseTrusted(raw.trustedProxies, errors, source);
+  const routes = parseRoutes(raw.routes, errors, source);
   if (errors.length > 0 || !listen || !upstream || raw.usersFile === undefined) return { ok: false, errors };
   const config: Config = {
     ...raw,
@@ -221,6 +251,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     identityAssertion: raw.identityAssertion ? { ...raw.identityAssertion, keyFile: resolve(baseDir, raw.identityAssertion.keyFile) } : undefined,
     trustedProxies: raw.trustedProxies,
     trusted,
+    routes,
     source,
   };
   return { ok: true, config };

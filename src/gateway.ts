@@ -14,8 +14,9 @@ import type { Pool } from 'undici';
 import { forward, upstreamPool, UpstreamTimeout, type Upstream } from './forward.js';
 import { clientAddress, isTrusted, normalizedHeaderName, plainAddress, upstreamHeaders } from './headers.js';
 import {
-  badGateway, badRequest, challenge, gatewayTimeout, headersTooLarge, json, rawStatus, throttled, unavailable,
+  badGateway, badRequest, forbidden, challenge, gatewayTimeout, headersTooLarge, json, rawStatus, throttled, unavailable,
 } from './responses.js';
+import { ambiguousPath, pathOf, routeFor } from './routes.js';
 import { Throttle, type ThrottlePolicy } from './throttle.js';
 import { assertionSigner, type Signer } from './assertion.js';
 import type { Metrics } from './metrics.js';
@@ -41,12 +42,6 @@ export function securityHeadersOf(config: Config): [string, string][] {
   if (contentTypeOptions !== '') out.push(['X-Content-Type-Options', contentTypeOptions]);
   if (referrerPolicy !== '') out.push(['Referrer-Policy', referrerPolicy]);
   return out;
-}
-
-/** The path part of a request target (no query). */
-export function pathOf(url: string): string {
-  const q = url.indexOf('?');
-  return q === -1 ? url : url.slice(0, q);
 }
 
 /**
@@ -232,6 +227,22 @@ export class Gateway {
     }
     const peer = plainAddress(req.socket.remoteAddress);
     const peerTrusted = config.trustedProxies.length > 0 && isTrusted(config.trusted, peer);
+    if (config.routes.length > 0 && path !== config.logoutPath) {
+      // A path a prefix rule and the backend could read differently never reaches either.
+      if (ambiguousPath(path)) {
+        badRequest(this.own(res, live));
+        return;
+      }
+      const route = routeFor(config.routes, path);
+      if (route?.auth === 'deny') {
+        forbidden(this.own(res, live));
+        return;
+      }
+      if (route?.auth === 'none') {
+        this.forward(req, res, live, undefined, peer, peerTrusted, route.keepAuthorization);
+        return;
+      }
+    }
     const ip = clientAddress(peer, peerTrusted, req.headers['x-forwarded-for'], config.trusted);
     const credentials = parseBasicAuth(req.headers.authorization);
     const closeAfter: Record<string, string> = hasUnreadBody(req) ? { Connection: 'close' } : {};
@@ -316,13 +327,19 @@ export class Gateway {
     } else then(outcome);
   }
 
-  private forward(req: IncomingMessage, res: ServerResponse, live: Live, login: string, peer: string, peerTrusted: boolean): void {
+  /** To the backend: as `login`, or (an open route) as nobody, every identity header removed. */
+  private forward(
+    req: IncomingMessage, res: ServerResponse, live: Live, login: string | undefined, peer: string, peerTrusted: boolean,
+    keepAuthorization = false,
+  ): void {
     if (res.destroyed) return; // the client left while its login was being recorded
     if (req.headers.expect !== undefined && /^\s*100-continue\s*$/i.test(req.headers.expect)) res.writeContinue();
-    const { config, assertion } = live;
+    const { config } = live;
+    // No identity, nothing to assert: an open route gets no assertion either.
+    const assertion = login === undefined ? undefined : live.assertion;
     const headers = upstreamHeaders(req.headers, {
       identity: live.identity, identityHeader: config.identityHeader, login, peer, peerTrusted,
-      proto: config.tls ? 'https' : 'http', assertion: assertion?.normalized,
+      proto: config.tls ? 'https' : 'http', assertion: live.assertion?.normalized, keepAuthorization,
     });
     const host = headers['x-forwarded-host'];
     const scheme = String(headers['x-forwarded-proto']);
@@ -340,7 +357,7 @@ export class Gateway {
         cookies, extra: live.securityHeaders,
       });
     };
-    if (!assertion) {
+    if (!assertion || login === undefined) {
       send();
       return;
     }

@@ -40,6 +40,8 @@ export interface ForwardContext {
   readonly proto: 'http' | 'https';
   /** the normalised name of the signed-assertion header, stripped from the client's like the identity */
   readonly assertion?: string | undefined;
+  /** pass the client's Authorization on (an open route to a service that checks it itself) */
+  readonly keepAuthorization?: boolean;
 }
 
 const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
@@ -58,7 +60,8 @@ export function upstreamHeaders(incoming: IncomingHttpHeaders, ctx: ForwardConte
   for (const [name, value] of Object.entries(incoming)) {
     if (value === undefined) continue;
     const norm = normalizedHeaderName(name);
-    if (HOP_BY_HOP.has(name) || named.has(name) || name === 'authorization' || name === 'expect') continue;
+    if (HOP_BY_HOP.has(name) || named.has(name) || name === 'expect') continue;
+    if (name === 'authorization' && ctx.keepAuthorization !== true) continue;
     if (norm === ctx.identity || norm === ctx.assertion) continue;
     if (FORWARDING.has(norm)) continue;
     out[name] = value;

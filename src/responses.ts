@@ -50,6 +50,11 @@ export function throttled(res: ServerResponse, seconds: number, headers: Record<
   { 'Retry-After': String(seconds), ...headers });
 }
 
+/** 403 on a path the configuration closes (`routes`, auth: deny), whoever asks. */
+export function forbidden(res: ServerResponse): void {
+  send(res, 403, page('Forbidden', '<p>This part of the helpdesk is not available through the gateway.</p>'));
+}
+
 export function badRequest(res: ServerResponse, headers: Record<string, string> = {}): void {
   send(res, 400, page('Bad request', '<p>The gateway could not understand this request.</p>'), { Connection: 'close', ...headers });
 }

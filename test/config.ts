@@ -154,3 +154,53 @@ t.test('config/otpgate.yaml, the commented example, is valid and sets every key 
   const { trusted: _b, ...defaults } = minimal.config;
   t.same(fromExample, defaults);
 });
+
+t.test('routes: prefixes and patterns, each problem named by its index', async (t) => {
+  const ok = parseConfig(`upstream: http://127.0.0.1:1
+usersFile: users
+routes:
+  - { path: /otrs/customer.pl, auth: none }
+  - { path: /otrs-web/, auth: none }
+  - { pattern: '^/otrs/nph-genericinterface\\.pl/', auth: none, keepAuthorization: true }
+  - { path: /server-status, auth: deny }
+`, 'otpgate.yaml', '/etc');
+  t.ok(ok.ok, ok.ok ? '' : ok.errors.join('\n'));
+  if (ok.ok) {
+    t.same(ok.config.routes.map((r) => [r.auth, r.path ?? String(r.pattern), r.keepAuthorization]), [
+      ['none', '/otrs/customer.pl', false], ['none', '/otrs-web/', false],
+      ['none', '/^\\/otrs\\/nph-genericinterface\\.pl\\//u', true], ['deny', '/server-status', false],
+    ]);
+  }
+  const bad = parseConfig(`upstream: http://127.0.0.1:1
+usersFile: users
+routes:
+  - { path: /a, pattern: '^/a', auth: none }
+  - { auth: none }
+  - { pattern: '^/(', auth: none }
+  - { path: /b, auth: otp, keepAuthorization: true }
+  - { path: /c, auth: open }
+  - { path: relative, auth: none }
+`, 'otpgate.yaml', '/etc');
+  t.notOk(bad.ok);
+  if (!bad.ok) {
+    t.match(bad.errors.join('\n'), /routes\[4\]\.auth: expected otp, none or deny/);
+    t.match(bad.errors.join('\n'), /routes\[5\]\.path: expected a path starting with "\/"/);
+  }
+  const semantic = parseConfig(`upstream: http://127.0.0.1:1
+usersFile: users
+routes:
+  - { path: /a, pattern: '^/a', auth: none }
+  - { auth: none }
+  - { pattern: '^/(', auth: none }
+  - { path: /b, auth: otp, keepAuthorization: true }
+`, 'otpgate.yaml', '/etc');
+  t.notOk(semantic.ok);
+  if (!semantic.ok) {
+    t.same(semantic.errors.map((e) => e.replace(/expression \(.*\)$/, 'expression (...)')), [
+      'otpgate.yaml: routes[0]: expected either path (a prefix) or pattern (a regular expression)',
+      'otpgate.yaml: routes[1]: expected either path (a prefix) or pattern (a regular expression)',
+      'otpgate.yaml: routes[2].pattern: not a regular expression (...)',
+      'otpgate.yaml: routes[3].keepAuthorization: only for auth: none',
+    ], 'all at once, one line each');
+  }
+});

@@ -893,7 +893,9 @@ t.test('40 guesses at a hashed PIN sent at once: the throttle stops most before 
   const pin = secret('h4shedPinZed');
   const stored = secret(await hashPin(pin));
   const key = secretKey(randomBytes(20).toString('hex'));
-  const gw = await startGateway(t, `HOTP zed ${stored} ${key} 0 0\n${USERS}`, { config: { realm: REALM, maxFailures: 0 } });
+  // A clock that stands still: the waits earned cannot run out while the test looks at them.
+  const now = Date.now() / 1000;
+  const gw = await startGateway(t, `HOTP zed ${stored} ${key} 0 0\n${USERS}`, { config: { realm: REALM, maxFailures: 0 }, clock: () => now });
   const replies = await Promise.all(Array.from({ length: 40 }, (_, k) =>
     request(gw.port, { auth: ['zed', `${PIN.wrong}${String(k).padStart(2, '0')}${rfcHotp(key, 0).slice(2)}`] })));
   const checked = replies.filter((r) => r.status === 401).length;
@@ -901,6 +903,43 @@ t.test('40 guesses at a hashed PIN sent at once: the throttle stops most before 
   // The pair's five free failures and the one being checked when the sixth arrives (no file lock: maxFailures 0).
   t.ok(checked <= 6, `${checked} of 40 checked`);
   t.equal((await request(gw.port, { auth: ['zed', `${pin}${rfcHotp(key, 0)}`] })).status, 429, 'the account waits now, right PIN or not');
+});
+
+t.test('routes: open paths are proxied as nobody, closed ones answered 403, the rest need a login; ambiguous paths 400', async (t) => {
+  const gw = await startGateway(t, USERS, {
+    config: {
+      realm: REALM,
+      routes: [
+        { path: '/otrs/index.pl', auth: 'otp' },
+        { path: '/otrs/customer.pl', auth: 'none' },
+        { path: '/otrs-web/', auth: 'none' },
+        { pattern: '^/otrs/nph-genericinterface\\.pl/', auth: 'none', keepAuthorization: true },
+        { path: '/server-status', auth: 'deny' },
+      ],
+    },
+  });
+  const spoof = { 'Remote-User': 'admin', remote_user: 'admin', 'REMOTE.USER': 'admin' };
+  const open = await request(gw.port, { path: '/otrs-web/skin/app.js', headers: spoof, auth: ['alice', 'not checked here'] });
+  t.equal(open.status, 200, 'an open path needs no login');
+  const seen = gw.backend.seen.at(-1) as Seen;
+  t.same(identityHeaders(seen), [], 'no identity reaches the backend, whatever the client sent');
+  t.equal(seen.headers.authorization, undefined, 'nor the client\'s Authorization');
+  t.equal((await request(gw.port, { path: '/otrs/customer.pl?Action=Login' })).status, 200, 'the customer portal is open');
+  const hook = await request(gw.port, { path: '/otrs/nph-genericinterface.pl/Webservice/T', headers: { Authorization: 'Bearer t0k3n' } });
+  t.equal(hook.status, 200);
+  t.equal(gw.backend.seen.at(-1)?.headers.authorization, 'Bearer t0k3n', 'keepAuthorization: the service checks it itself');
+  const before = gw.backend.seen.length;
+  t.equal((await request(gw.port, { path: '/server-status', auth: ['alice', alicePw(0)] })).status, 403, 'closed, even to a valid login');
+  assertChallenge(t, await request(gw.port, { path: '/otrs/index.pl' }), 'the agent interface needs a login');
+  assertChallenge(t, await request(gw.port, { path: '/otrs/customer.plx' }), 'a longer name is not the open file');
+  assertChallenge(t, await request(gw.port, { path: '/elsewhere' }), 'no rule: a login');
+  for (const path of ['/otrs-web/../otrs/index.pl', '/otrs-web/%2e%2e/otrs/index.pl', '/otrs-web/..%2Fserver-status', '//otrs-web/x']) {
+    t.equal((await request(gw.port, { path })).status, 400, `${path}: refused`);
+  }
+  t.equal(gw.backend.seen.length, before, 'none of those reached the backend');
+  const agent = await request(gw.port, { path: '/otrs/index.pl', auth: ['alice', alicePw(0)] });
+  t.equal(agent.status, 200, 'with PIN + code the agent interface answers');
+  t.same(identityHeaders(gw.backend.seen.at(-1) as Seen), [['Remote-User', 'alice']]);
 });
 
 t.test('the parallel first load: 20 requests with one brand-new code consume it once', async (t) => {
