@@ -171,29 +171,18 @@ routes:
       ['none', '/^\\/otrs\\/nph-genericinterface\\.pl\\//u', true], ['deny', '/server-status', false],
     ]);
   }
-  const bad = parseConfig(`upstream: http://127.0.0.1:1
-usersFile: users
-routes:
-  - { path: /a, pattern: '^/a', auth: none }
-  - { auth: none }
-  - { pattern: '^/(', auth: none }
-  - { path: /b, auth: otp, keepAuthorization: true }
-  - { path: /c, auth: open }
-  - { path: relative, auth: none }
-`, 'otpgate.yaml', '/etc');
+  const withRoutes = (...rules: string[]): ReturnType<typeof parseConfig> =>
+    parseConfig(`upstream: http://127.0.0.1:1\nusersFile: users\nroutes:\n${rules.map((r) => `  - ${r}\n`).join('')}`, 'otpgate.yaml', '/etc');
+  const semanticRules = [
+    "{ path: /a, pattern: '^/a', auth: none }", '{ auth: none }', "{ pattern: '^/(', auth: none }", '{ path: /b, auth: otp, keepAuthorization: true }',
+  ];
+  const bad = withRoutes(...semanticRules, '{ path: /c, auth: open }', '{ path: relative, auth: none }');
   t.notOk(bad.ok);
   if (!bad.ok) {
     t.match(bad.errors.join('\n'), /routes\[4\]\.auth: expected otp, none or deny/);
     t.match(bad.errors.join('\n'), /routes\[5\]\.path: expected a path starting with "\/"/);
   }
-  const semantic = parseConfig(`upstream: http://127.0.0.1:1
-usersFile: users
-routes:
-  - { path: /a, pattern: '^/a', auth: none }
-  - { auth: none }
-  - { pattern: '^/(', auth: none }
-  - { path: /b, auth: otp, keepAuthorization: true }
-`, 'otpgate.yaml', '/etc');
+  const semantic = withRoutes(...semanticRules);
   t.notOk(semantic.ok);
   if (!semantic.ok) {
     t.same(semantic.errors.map((e) => e.replace(/expression \(.*\)$/, 'expression (...)')), [
