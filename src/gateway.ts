@@ -16,7 +16,7 @@ import { clientAddress, isTrusted, normalizedHeaderName, plainAddress, upstreamH
 import {
   badGateway, badRequest, forbidden, challenge, gatewayTimeout, headersTooLarge, json, rawStatus, throttled, unavailable,
 } from './responses.js';
-import { ambiguousPath, pathOf, routeFor } from './routes.js';
+import { ambiguousPath, decodedPath, pathOf, routeFor } from './routes.js';
 import { Throttle, type ThrottlePolicy } from './throttle.js';
 import { assertionSigner, type Signer } from './assertion.js';
 import type { Metrics } from './metrics.js';
@@ -56,7 +56,8 @@ export function malformedRequest(req: IncomingMessage): boolean {
   // line; both were forwarded (as HTTP/1.1). No real client sends either.
   if (req.httpVersionMajor !== 1) return true;
   const url = req.url ?? '';
-  if (!url.startsWith('/') || url.startsWith('//')) return true;
+  // A fragment is not part of a request target (RFC 9112 section 3.2); a backend may drop it, a rule would not.
+  if (!url.startsWith('/') || url.startsWith('//') || url.includes('#')) return true;
   if (req.headers.upgrade !== undefined || req.method === 'CONNECT') return true;
   // Node decodes only "chunked": for "gzip, chunked" it removes the chunking and
   // the gateway forwarded the still-gzipped bytes as a plain body, its coding
@@ -228,12 +229,14 @@ export class Gateway {
     const peer = plainAddress(req.socket.remoteAddress);
     const peerTrusted = config.trustedProxies.length > 0 && isTrusted(config.trusted, peer);
     if (config.routes.length > 0 && path !== config.logoutPath) {
-      // A path a prefix rule and the backend could read differently never reaches either.
-      if (ambiguousPath(path)) {
+      // A path a rule and the backend could read differently never reaches either;
+      // rules see it decoded, as the backend does.
+      const decoded = ambiguousPath(path) ? undefined : decodedPath(path);
+      if (decoded === undefined) {
         badRequest(this.own(res, live));
         return;
       }
-      const route = routeFor(config.routes, path);
+      const route = routeFor(config.routes, decoded);
       if (route?.auth === 'deny') {
         forbidden(this.own(res, live));
         return;

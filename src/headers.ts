@@ -6,7 +6,9 @@ import { isIP, type BlockList } from 'node:net';
 
 /** Lowercase, with `-`, `_` and `.` removed: the name a CGI-style backend effectively sees. */
 export function normalizedHeaderName(name: string): string {
-  return name.toLowerCase().replace(/[-_.]/g, '');
+  // Every punctuation a token may hold, not only - _ and .: some CGI gateways
+  // (Apache 2.2 among them) turn any of it into _, so Remote~User was REMOTE_USER there.
+  return name.toLowerCase().replace(/[^a-z0-9]/g, '');
 }
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;

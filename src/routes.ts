@@ -27,7 +27,23 @@ export function pathOf(url: string): string {
  * resolve dot segments themselves); with rules in place, they are refused.
  */
 export function ambiguousPath(path: string): boolean {
-  return /(?:^|\/)\.{1,2}(?:\/|$)|%2e|%2f|%5c|%00|\\|\/\//i.test(path);
+  // `..;` too: Tomcat and Jetty read a dot segment with path parameters as a dot segment.
+  return /(?:^|\/)\.{1,2}(?:[/;]|$)|%2e|%2f|%5c|%00|\\|\/\//i.test(path);
+}
+
+/**
+ * The path as the backend reads it: percent-decoded once, as Apache does before
+ * it maps a path to a resource (`/%73erver-status` is `/server-status` there, and
+ * a rule must see it so). Undefined for an escape that is malformed or not UTF-8
+ * (an overlong `%c0%ae` among them): such a path is refused.
+ */
+export function decodedPath(path: string): string | undefined {
+  if (!path.includes('%')) return path;
+  try {
+    return decodeURIComponent(path);
+  } catch {
+    return undefined;
+  }
 }
 
 function matches(route: Route, path: string): boolean {
@@ -37,7 +53,7 @@ function matches(route: Route, path: string): boolean {
   return path === prefix || path.startsWith(`${prefix}/`);
 }
 
-/** The rule for `path` (already known not to be ambiguous); undefined: none matches (an OTP login is needed). */
+/** The rule for `path` (decoded, and known not to be ambiguous); undefined: none matches (an OTP login is needed). */
 export function routeFor(routes: readonly Route[], path: string): Route | undefined {
   for (const route of routes) if (matches(route, path)) return route;
   return undefined;

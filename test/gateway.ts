@@ -933,10 +933,16 @@ t.test('routes: open paths are proxied as nobody, closed ones answered 403, the 
   assertChallenge(t, await request(gw.port, { path: '/otrs/index.pl' }), 'the agent interface needs a login');
   assertChallenge(t, await request(gw.port, { path: '/otrs/customer.plx' }), 'a longer name is not the open file');
   assertChallenge(t, await request(gw.port, { path: '/elsewhere' }), 'no rule: a login');
-  for (const path of ['/otrs-web/../otrs/index.pl', '/otrs-web/%2e%2e/otrs/index.pl', '/otrs-web/..%2Fserver-status', '//otrs-web/x']) {
+  for (const path of ['/otrs-web/../otrs/index.pl', '/otrs-web/%2e%2e/otrs/index.pl', '/otrs-web/..%2Fserver-status', '//otrs-web/x',
+    '/otrs-web/%c0%ae%c0%ae/otrs/index.pl', '/otrs-web/..;/otrs/index.pl']) {
     t.equal((await request(gw.port, { path })).status, 400, `${path}: refused`);
   }
-  t.equal(gw.backend.seen.length, before, 'none of those reached the backend');
+  // The backend decodes the path before it picks a resource: so do the rules.
+  t.equal((await request(gw.port, { path: '/%73erver-statu%73', auth: ['alice', alicePw(0)] })).status, 403, 'an encoded letter does not open a closed path');
+  assertChallenge(t, await request(gw.port, { path: '/otrs/%69ndex.pl' }), 'nor skip the agent interface\'s login');
+  t.equal((await request(gw.port, { path: '/otrs-web/%61pp.js' })).status, 200, 'an open path stays open encoded');
+  t.match((await raw(gw.port, 'GET /server-status#x HTTP/1.1\r\nHost: a\r\n\r\n')).head, /^HTTP\/1\.1 400 /, 'a fragment in the target: 400');
+  t.equal(gw.backend.seen.length, before + 1, 'none of those reached the backend, only the open one');
   const agent = await request(gw.port, { path: '/otrs/index.pl', auth: ['alice', alicePw(0)] });
   t.equal(agent.status, 200, 'with PIN + code the agent interface answers');
   t.same(identityHeaders(gw.backend.seen.at(-1) as Seen), [['Remote-User', 'alice']]);

@@ -10,7 +10,10 @@ const ctx = {
 };
 
 t.test('normalised names: what CGI, PHP and PSGI map to one variable', async (t) => {
-  for (const name of ['Remote-User', 'remote-user', 'REMOTE_USER', 'remote.user', 'Remote_User', 'rEmOtE-uSeR', 'remote-_user']) {
+  // Any token punctuation too: Apache 2.2's CGI turned every one of them into _.
+  for (const name of ['Remote-User', 'remote-user', 'REMOTE_USER', 'remote.user', 'Remote_User', 'rEmOtE-uSeR', 'remote-_user',
+    'Remote~User', 'Remote!User', 'Remote*User', "Remote'User", 'Remote|User', 'Remote^User', 'Remote+User', 'Remote`User',
+    'Remote#User', 'Remote$User', 'Remote%User', 'Remote&User']) {
     t.equal(normalizedHeaderName(name), 'remoteuser', name);
   }
   t.equal(normalizedHeaderName('X-Remote-User'), 'xremoteuser');

@@ -1,6 +1,6 @@
 // Path rules, pure: which rule a path gets, and which paths are refused as ambiguous.
 import t from 'tap';
-import { ambiguousPath, pathOf, routeFor, type Route } from '../src/routes.js';
+import { ambiguousPath, decodedPath, pathOf, routeFor, type Route } from '../src/routes.js';
 
 // The Znuny example of the README.
 const routes: Route[] = [
@@ -33,7 +33,7 @@ t.test('first match wins; no match: an OTP login', async (t) => {
 t.test('paths a backend may read differently than a prefix rule are ambiguous', async (t) => {
   for (const p of ['/otrs-web/../otrs/index.pl', '/otrs-web/..', '/./otrs/index.pl', '/otrs-web/%2e%2e/otrs/index.pl',
     '/otrs-web/%2E./x', '/otrs-web/..%2fotrs/index.pl', '/otrs-web/..%5Cotrs', '/otrs-web\\..\\x', '//otrs-web/x',
-    '/otrs-web//x', '/otrs/customer.pl%00.js', '/..']) {
+    '/otrs-web//x', '/otrs/customer.pl%00.js', '/..', '/otrs-web/..;/otrs/index.pl', '/otrs-web/.;x/y']) {
     t.ok(ambiguousPath(p), p);
   }
   for (const p of ['/', '/otrs/index.pl', '/otrs-web/js/app.min.js', '/a..b/c', '/x/.hidden', '/x/..y', '/%41bc', '/x.']) {
@@ -47,3 +47,16 @@ t.test('pathOf: the path without the query', async (t) => {
   t.equal(pathOf('/a?'), '/a');
   t.equal(pathOf('/a?b?c'), '/a');
 });
+
+t.test('rules see the path decoded, as the backend does: an encoded letter is no way around them', async (t) => {
+  t.equal(decodedPath('/%73erver-status'), '/server-status');
+  t.equal(authOf(decodedPath('/%73erver-statu%73') ?? ''), 'deny');
+  t.equal(decodedPath('/otrs/%69ndex.pl'), '/otrs/index.pl');
+  t.equal(decodedPath('/caf%C3%A9'), '/café');
+  t.equal(decodedPath('/a%2573'), '/a%73', 'decoded once, as Apache does');
+  t.equal(decodedPath('/plain/path'), '/plain/path');
+  t.equal(decodedPath('/otrs-web/%c0%ae%c0%ae/x'), undefined, 'overlong UTF-8: refused');
+  t.equal(decodedPath('/bad%zz'), undefined, 'a malformed escape: refused');
+  t.equal(decodedPath('/bad%e9'), undefined, 'not UTF-8: refused');
+});
+
