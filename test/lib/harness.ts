@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect as netConnect, createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -215,3 +215,20 @@ export function spawnGateway(configFile: string, extraEnv: Record<string, string
     setTimeout(() => reject(new Error(`gateway did not start within 15 s: ${err}`)), 15_000).unref();
   });
 }
+
+/** A loopback port nothing listens on right now (for servers that cannot listen on port 0 and tell). */
+export const freePort = (): Promise<number> => new Promise((resolve, reject) => {
+  const server = createNetServer();
+  server.once('error', reject);
+  server.listen(0, '127.0.0.1', () => {
+    const { port } = server.address() as AddressInfo;
+    server.close(() => resolve(port));
+  });
+});
+
+/** Does something accept connections on this loopback port? */
+export const accepts = (port: number): Promise<boolean> => new Promise((resolve) => {
+  const socket = netConnect(port, '127.0.0.1');
+  socket.once('connect', () => { socket.destroy(); resolve(true); });
+  socket.once('error', () => resolve(false));
+});

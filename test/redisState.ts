@@ -1,0 +1,83 @@
+// Token state in a real redis-server (AOF, fsync always): compare-and-set
+// under concurrency from several connections, seeding that never lowers a
+// counter, state that survives kill -9, and no secret in Redis.
+import t from 'tap';
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { RedisTokenStore } from '../src/redisState.js';
+import { parseLine, type LineState, type TokenLine } from '../src/usersFileFormat.js';
+import { secret, secretKey } from './lib/harness.js';
+import { startRedis } from './lib/redis.js';
+
+const KEY = secretKey(randomBytes(20).toString('hex'));
+const PIN = secret('r3disPinQ');
+
+function token(line: string): TokenLine {
+  const p = parseLine(line, 1);
+  if (p.kind !== 'token') throw new Error('not a token line');
+  return p.token;
+}
+
+const client = (t: { teardown(fn: () => void | Promise<void>): void }, url: string): Redis => {
+  const redis = new Redis(url, { lazyConnect: false, maxRetriesPerRequest: 20 });
+  t.teardown(() => { redis.disconnect(); });
+  return redis;
+};
+
+t.test('compare-and-set: the version decides; exactly one of many concurrent writers wins', async (t) => {
+  const server = await startRedis(t);
+  const tok = token(`HOTP alice ${PIN} ${KEY} 0 0`);
+  const stores = Array.from({ length: 4 }, () => new RedisTokenStore(client(t, server.url), 'otpgate:'));
+  const [store] = stores as [RedisTokenStore];
+  t.same(await store.read(tok), { version: 0, state: undefined }, 'nothing yet');
+  const first: LineState = { counter: 1, failures: 0, lastOtp: '123456', lastTime: 1_800_000_000, lastIp: '10.0.0.1' };
+  t.equal(await store.compareAndSet(tok, 0, first), true);
+  t.same(await store.read(tok), { version: 1, state: first });
+  t.equal(await store.compareAndSet(tok, 0, { counter: 9, failures: 0 }), false, 'a stale version writes nothing');
+  // 200 gateways' worth of writers, all having decided on version 1: one consumes, the rest must decide again.
+  const results = await Promise.all(Array.from({ length: 200 }, (_, k) =>
+    (stores[k % stores.length] as RedisTokenStore).compareAndSet(tok, 1, { counter: 2 + k, failures: 0 })));
+  t.equal(results.filter(Boolean).length, 1, 'exactly one write at version 1');
+  const after = await store.read(tok);
+  t.equal(after.version, 2);
+  t.equal(after.state?.counter, 2 + results.indexOf(true), 'the winner\'s state');
+  t.equal(after.state?.lastOtp, undefined, 'fields the new state leaves out are gone');
+});
+
+t.test('seeding from the users file never lowers a counter Redis has', async (t) => {
+  const server = await startRedis(t);
+  const store = new RedisTokenStore(client(t, server.url), 'otpgate:');
+  const event = token(`HOTP bob ${PIN} ${KEY} 0 0`);
+  t.equal(await store.seed(event, { counter: 10, failures: 0 }), true, 'unknown to Redis: the file\'s state');
+  t.equal(await store.seed(event, { counter: 5, failures: 0 }), false, 'a file behind Redis changes nothing');
+  t.equal((await store.read(event)).state?.counter, 10);
+  t.equal(await store.seed(event, { counter: 20, failures: 0 }), true, 'a file ahead raises the counter');
+  t.same((await store.read(event)).version, 2, 'and the version, so a decision on the old state cannot write');
+  const time = token(`HOTP/T30 carl ${PIN} ${KEY} -1 0`);
+  t.equal(await store.seed(time, { counter: -1, failures: 0, lastOtp: '111111', lastTime: 1_800_000_000 }), true);
+  t.equal(await store.seed(time, { counter: 3, failures: 0 }), false, 'a time token Redis knows keeps its own state');
+  t.same((await store.read(time)).state, { counter: -1, failures: 0, lastOtp: '111111', lastTime: 1_800_000_000 });
+});
+
+t.test('kill -9 of redis-server: what was written is there after the restart, and the client reconnects by itself', async (t) => {
+  const server = await startRedis(t);
+  const store = new RedisTokenStore(client(t, server.url), 'otpgate:');
+  const tok = token(`HOTP dora ${PIN} ${KEY} 0 0`);
+  for (let v = 0; v < 50; v++) t.equal(await store.compareAndSet(tok, v, { counter: v + 1, failures: 0 }), true);
+  await server.kill();
+  await server.restart();
+  t.same(await store.read(tok), { version: 50, state: { counter: 50, failures: 0 } }, 'every acknowledged write survived (appendfsync always)');
+});
+
+t.test('Redis holds no login, PIN or key', async (t) => {
+  const server = await startRedis(t);
+  const redis = client(t, server.url);
+  const store = new RedisTokenStore(redis, 'otpgate:');
+  const tok = token(`HOTP erin ${PIN} ${KEY} 0 0`);
+  await store.compareAndSet(tok, 0, { counter: 1, failures: 0, lastOtp: '222222', lastTime: 1_800_000_000, lastIp: '10.0.0.9' });
+  const keys = await redis.keys('*');
+  t.same(keys, [store.keyOf(tok)]);
+  t.match(keys[0], /^otpgate:token:[0-9a-f]{64}$/);
+  const dump = JSON.stringify([keys, await redis.hgetall(keys[0] as string)]);
+  for (const s of ['erin', PIN, KEY]) t.notOk(dump.includes(s), 'neither in key names nor in values');
+});
