@@ -15,15 +15,26 @@ export interface StoredState {
   readonly state: LineState | undefined;
 }
 
-// KEYS[1] the token's hash; ARGV[1] the version the caller decided on; then
-// field, value pairs ('' deletes the field). Redis runs a script atomically.
+// KEYS: the hashes of the lines a decision read (all of a user's lines: a
+// login consumes one and clears the others' failures). ARGV, per key: the
+// version the caller decided on, '1' to write or '0' only to check, then FIELDS
+// field, value pairs ('' deletes the field). Nothing is written unless every
+// version still holds. Redis runs a script atomically.
+const FIELDS = 5;
 const COMPARE_AND_SET = `
-local v = redis.call('HGET', KEYS[1], 'v') or '0'
-if v ~= ARGV[1] then return 0 end
-for i = 2, #ARGV, 2 do
-  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i]) else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local per = 2 + 2 * ${FIELDS}
+for k = 1, #KEYS do
+  if (redis.call('HGET', KEYS[k], 'v') or '0') ~= ARGV[(k - 1) * per + 1] then return 0 end
 end
-redis.call('HSET', KEYS[1], 'v', tonumber(v) + 1)
+for k = 1, #KEYS do
+  local base = (k - 1) * per
+  if ARGV[base + 2] == '1' then
+    for i = base + 3, base + per, 2 do
+      if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[k], ARGV[i]) else redis.call('HSET', KEYS[k], ARGV[i], ARGV[i + 1]) end
+    end
+    redis.call('HSET', KEYS[k], 'v', tonumber(ARGV[base + 1]) + 1)
+  end
+end
 return 1
 `;
 
@@ -48,7 +59,7 @@ return 0
 `;
 
 interface Scripts {
-  otpgateCompareAndSet(key: string, ...args: string[]): Promise<number>;
+  otpgateCompareAndSet(keyCount: number, ...keysAndArgs: string[]): Promise<number>;
   otpgateSeed(key: string, ...args: string[]): Promise<number>;
 }
 
@@ -61,7 +72,7 @@ export class RedisTokenStore {
   private readonly scripts: Scripts;
 
   constructor(private readonly redis: Redis, private readonly prefix: string) {
-    redis.defineCommand('otpgateCompareAndSet', { numberOfKeys: 1, lua: COMPARE_AND_SET });
+    redis.defineCommand('otpgateCompareAndSet', { lua: COMPARE_AND_SET });
     redis.defineCommand('otpgateSeed', { numberOfKeys: 1, lua: SEED });
     this.scripts = redis as unknown as Scripts;
   }
@@ -84,8 +95,21 @@ export class RedisTokenStore {
   }
 
   /** Write `next` if the token is still at `version`; false: someone else wrote first (read and decide again). */
-  async compareAndSet(token: TokenLine, version: number, next: LineState): Promise<boolean> {
-    return (await this.scripts.otpgateCompareAndSet(this.keyOf(token), String(version), ...fieldsOf(next))) === 1;
+  compareAndSet(token: TokenLine, version: number, next: LineState): Promise<boolean> {
+    return this.compareAndSetAll([{ token, version, next }]);
+  }
+
+  /**
+   * All or nothing, for the lines one decision read: each line whose `next` is
+   * given takes it, but only if every line is still at the version the decision
+   * saw (a line without `next` is only checked). False: decide again.
+   */
+  async compareAndSetAll(lines: readonly { token: TokenLine; version: number; next?: LineState | undefined }[]): Promise<boolean> {
+    const keys = lines.map((l) => this.keyOf(l.token));
+    const args = lines.flatMap((l) => (l.next === undefined
+      ? [String(l.version), '0', ...fieldsOf({ counter: 0, failures: 0 })]
+      : [String(l.version), '1', ...fieldsOf(l.next)]));
+    return (await this.scripts.otpgateCompareAndSet(keys.length, ...keys, ...args)) === 1;
   }
 
   /** Take the users file's state for a token, never lowering what Redis has (see SEED). True if Redis changed. */

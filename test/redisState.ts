@@ -44,6 +44,28 @@ t.test('compare-and-set: the version decides; exactly one of many concurrent wri
   t.equal(after.state?.lastOtp, undefined, 'fields the new state leaves out are gone');
 });
 
+t.test('a user\'s lines together: all or nothing, also for a line only checked', async (t) => {
+  const server = await startRedis(t);
+  const store = new RedisTokenStore(client(t, server.url), 'otpgate:');
+  const a = token(`HOTP fay ${PIN} ${KEY} 0 2`);
+  const b = token(`HOTP/T30 fay ${PIN} ${secretKey(randomBytes(20).toString('hex'))} 0 2`);
+  t.equal(await store.compareAndSetAll([{ token: a, version: 0, next: { counter: 0, failures: 2 } }, { token: b, version: 0, next: { counter: 0, failures: 2 } }]), true);
+  // A login on line a also clears line b's failures: both written at once.
+  t.equal(await store.compareAndSetAll([
+    { token: a, version: 1, next: { counter: 1, failures: 0, lastOtp: '333333', lastTime: 1_800_000_000, lastIp: '10.0.0.2' } },
+    { token: b, version: 1, next: { counter: 0, failures: 0 } },
+  ]), true);
+  t.same([(await store.read(a)).version, (await store.read(b)).version], [2, 2]);
+  // Another gateway wrote line b meanwhile: a decision that read b at version 2 writes nothing, not even on a.
+  t.equal(await store.compareAndSet(b, 2, { counter: 0, failures: 1 }), true);
+  t.equal(await store.compareAndSetAll([{ token: a, version: 2, next: { counter: 2, failures: 0 } }, { token: b, version: 2 }]), false);
+  t.equal((await store.read(a)).state?.counter, 1, 'line a untouched');
+  t.equal(await store.compareAndSetAll([{ token: a, version: 2, next: { counter: 2, failures: 0 } }, { token: b, version: 3 }]), true,
+    'decided again on what is there: written');
+  t.same([(await store.read(a)).version, (await store.read(b)).version, (await store.read(b)).state?.failures], [3, 3, 1],
+    'a line only checked keeps its state and version');
+});
+
 t.test('seeding from the users file never lowers a counter Redis has', async (t) => {
   const server = await startRedis(t);
   const store = new RedisTokenStore(client(t, server.url), 'otpgate:');
