@@ -11,7 +11,7 @@ import type { Policy } from './decision.js';
 import { otpauthUri } from './enrolment.js';
 import { LockTimeoutError } from './fileLock.js';
 import { formatLocalTime } from './localTime.js';
-import { codeAt, codesEqual, stepAt } from './otp.js';
+import { codesEqual, findEventCounter, findTimeStep, stepAt } from './otp.js';
 import { DEFAULT_SCRYPT, hashPin } from './pinHash.js';
 import { Prompter } from './prompt.js';
 import { CliError } from './cliError.js';
@@ -173,18 +173,13 @@ async function showEnrolment(token: { type: TokenLine['type']; login: string; ke
 function firstCodePosition(type: TokenLine['type'], key: Uint8Array, code: string, at: number): number | undefined {
   if (type.stepSeconds === 0) {
     // An app starts at counter 0; a few presses before typing are forgiven.
-    for (let c = 0; c <= 20; c++) if (codesEqual(codeAt(type, key, '', c), code)) return c + 1;
-    return undefined;
+    const match = findEventCounter(type, key, '', code, 0, 20);
+    return match === undefined ? undefined : match.counter + 1;
   }
-  const nowStep = stepAt(at, type.stepSeconds);
-  for (let d = 0; d <= 10; d++) {
-    for (const step of d === 0 ? [nowStep] : [nowStep - d, nowStep + d]) {
-      if (codesEqual(codeAt(type, key, '', step), code)) return step - nowStep;
-    }
-  }
-  return undefined;
+  // A clock a few minutes off is forgiven too: the drift is recorded.
+  const match = findTimeStep(type, key, '', code, Math.floor(at), 0, 10, undefined);
+  return match === undefined ? undefined : match.counter - stepAt(at, type.stepSeconds);
 }
-
 const failuresText = (r: UserRow): string => (r.failures === undefined ? '-' : String(r.failures));
 const timeText = (t: number | undefined): string => (t === undefined ? '-' : formatLocalTime(t).slice(0, -1));
 const stateText = (r: UserRow): string => [r.locked ? 'locked' : '', r.lingering ? 'lingering' : ''].filter(Boolean).join(',') || '-';
@@ -214,17 +209,9 @@ async function confirm(prompter: Prompter, question: string, yes: boolean | unde
   if (!/^y(es)?$/i.test(answer.trim())) throw new CliError('not confirmed; nothing shown', 1);
 }
 
-/** A line's layout keeps what the CLI changed in memory only in the gateway: say so. */
-function memoryNote(s: Settings, model: UsersFileModel, lines: readonly number[], what: string): void {
-  for (const i of lines) {
-    const t = tokenAt(model, i);
-    if (!layoutStoresFailures(t) && what === 'failures') {
-      note(`${s.usersFile}:${i + 1}: this layout (pam_oath's) has no failure count; a running gateway keeps it in memory`);
-    }
-    if (t.liboathLayout && t.type.stepSeconds > 0 && what === 'linger') {
-      note(`${s.usersFile}:${i + 1}: this layout (pam_oath's) cannot record where a linger came from; a running gateway keeps it in memory until it ends or the gateway restarts`);
-    }
-  }
+/** Say so for each line whose layout leaves what the command changes to the gateways' memory. */
+function noteMemoryOnly(s: Settings, model: UsersFileModel, lines: readonly number[], memoryOnly: (t: TokenLine) => boolean, why: string): void {
+  for (const i of lines) if (memoryOnly(tokenAt(model, i))) note(`${s.usersFile}:${i + 1}: this layout (pam_oath's) ${why}`);
 }
 
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$/;
@@ -368,7 +355,7 @@ export function usersCommand(prompter: Prompter): Command {
         const withCount = ls.filter((i) => layoutStoresFailures(tokenAt(m, i)));
         return { model: changeLines(m, withCount, unlocked), result: { lines: ls, stored: withCount.length, model: m } };
       });
-      memoryNote(s, model, lines, 'failures');
+      noteMemoryOnly(s, model, lines, (t) => !layoutStoresFailures(t), 'has no failure count; a running gateway keeps it in memory');
       if (stored === 0) {
         throw new CliError(`${login}: no line of it keeps a failure count in the file; nothing was changed ` +
           '(a running gateway ends a timed lock by itself; a permanent one, with lockoutSeconds 0, ends with a restart)', 1);
@@ -384,7 +371,8 @@ export function usersCommand(prompter: Prompter): Command {
         const next = changeLines(m, ls, (t, st) => loggedOut(t, st, s.policy.maxOffset));
         return { model: next, result: { changed: !next.bytes.equals(m.bytes), lines: ls, model: next } };
       });
-      memoryNote(s, model, lines, 'linger');
+      noteMemoryOnly(s, model, lines, (t) => t.liboathLayout && t.type.stepSeconds > 0,
+        'cannot record where a linger came from; a running gateway keeps it in memory until it ends or the gateway restarts');
       out(changed ? `${login}: logged out` : `${login}: no linger recorded in the file`);
     });
 

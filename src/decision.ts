@@ -150,7 +150,8 @@ function typedPinOk(spec: TokenSpec, typed: string, attempt: Attempt): boolean {
   return pinMatches(spec.pin, typed, storedPinDigest(spec));
 }
 
-const motpPin = (spec: TokenSpec): string => (spec.pin === '-' || spec.pin === '+' ? '' : spec.pin);
+/** The PIN an MOTP code is computed with (other algorithms ignore it). */
+export const motpPin = (spec: TokenSpec): string => (spec.pin === '-' || spec.pin === '+' ? '' : spec.pin);
 
 /** The last time step consumed on this line, if any, or a safe upper bound for it. */
 export function lastUsedStep(s: TokenState, maxOffset: number): number | undefined {

@@ -30,6 +30,9 @@ const MAX_MEMORY = 256 * 1024 * 1024;
 
 const memoryOf = (p: ScryptParams): number => 128 * p.r * 2 ** p.ln;
 
+/** A modular-crypt or PHC hash of any program (`$2y$...`, `$argon2id$...`, `$scrypt$...`). */
+export const looksHashed = (field: string): boolean => /^\$[0-9a-z-]+\$/.test(field);
+
 /** Does the stored PIN field hold a hash (rather than a plain PIN, `-` or `+`)? */
 export const isHashedPin = (stored: string): boolean => stored.startsWith(PREFIX);
 

@@ -2,14 +2,16 @@
 // model: new lines, removed lines, changed lines, what a user's lines say, and
 // resynchronising a token. The shell (usersFileEdit.ts) takes the lock and
 // writes; nothing here reads a file or a clock.
-import { endLinger, isLocked, type Policy, type TokenState } from './decision.js';
+import { endLinger, isLocked, motpPin, type Policy, type TokenState } from './decision.js';
 import { lingerActive } from './linger.js';
 import { codeAt, codesEqual, stepAt } from './otp.js';
-import { isHashedPin } from './pinHash.js';
+import { isHashedPin, looksHashed } from './pinHash.js';
 import {
-  layoutStoresFailures, lineState, nextEventCounter, parseUsersFile, withChangedLines,
+  layoutStoresFailures, lineState, nextEventCounter, parseUsersFile, sameLineState, tokenAt, withChangedLines,
   type LineState, type TokenLine, type UsersFileModel,
 } from './usersFileFormat.js';
+
+export { tokenAt } from './usersFileFormat.js';
 
 export interface PinPolicy {
   readonly minLength: number;
@@ -36,7 +38,7 @@ export function loginProblem(login: string): string | undefined {
 /** Why `pin` cannot be set as a new PIN under `policy`; undefined if it can. Never echoes the PIN. */
 export function pinProblem(pin: string, policy: PinPolicy): string | undefined {
   if (/[\s\u0000-\u001f\u007f]/.test(pin)) return 'a PIN cannot contain blanks or control characters';
-  if (pin === '-' || pin === '+' || isHashedPin(pin) || /^\$[0-9a-z-]+\$/.test(pin)) {
+  if (pin === '-' || pin === '+' || looksHashed(pin)) {
     return 'a PIN cannot be "-", "+" or look like a hash ("$name$...") (those mean something else in the file)';
   }
   if (Buffer.byteLength(pin) > MAX_FIELD) return `a PIN can have at most ${MAX_FIELD} bytes`;
@@ -52,12 +54,6 @@ export function linesOf(model: UsersFileModel, login: string): number[] {
     if ((entry.kind === 'token' && entry.token.login === login) || (entry.kind === 'invalid' && entry.login === login)) found.push(i);
   });
   return found;
-}
-
-export function tokenAt(model: UsersFileModel, i: number): TokenLine {
-  const entry = model.parsed[i];
-  if (entry?.kind !== 'token') throw new Error(`line ${i + 1} is not a token line`);
-  return entry.token;
 }
 
 const terminatorOf = (model: UsersFileModel): string => {
@@ -81,10 +77,6 @@ export function removeLines(model: UsersFileModel, indexes: ReadonlySet<number>)
   }
   return parseUsersFile(Buffer.concat(pieces));
 }
-
-const sameLineState = (a: LineState, b: LineState, token: TokenLine): boolean =>
-  a.counter === b.counter && a.failures === b.failures && a.lastOtp === b.lastOtp && a.lastTime === b.lastTime &&
-  a.lastIp === b.lastIp && (a.pin ?? token.pin) === (b.pin ?? token.pin);
 
 /** The file with each listed token line changed by `change`; lines it leaves as they are stay byte for byte. */
 export function changeLines(
@@ -165,7 +157,6 @@ export function userRows(model: UsersFileModel, now: number, policy: Policy, onl
 export const RESYNC_EVENT_WINDOW = 10_000;
 export const RESYNC_SECONDS = 86_400;
 
-const motpPin = (t: TokenLine): string => (t.type.algorithm === 'MOTP' && t.pin !== '-' && t.pin !== '+' ? t.pin : '');
 
 /**
  * otptool's resync: find two consecutive codes and return the line's new state

@@ -15,7 +15,7 @@ import { lockUsersFile, type HeldLock } from './fileLock.js';
 import { lingerActive } from './linger.js';
 import { DEFAULT_SCRYPT, isHashedPin, parsePinHash, verifyPin, type PinHash } from './pinHash.js';
 import {
-  layoutStoresFailures, lineState, parseUsersFile, parseUsersFileInSlices, withChangedLines,
+  layoutStoresFailures, lineState, parseUsersFile, parseUsersFileInSlices, sameLineState, tokenAt, withChangedLines,
   type LineState, type TokenLine, type UsersFileModel,
 } from './usersFileFormat.js';
 
@@ -203,10 +203,6 @@ export interface FileIdentity { ino: number; size: number; mtimeMs: number; ctim
 export const identityOf = (s: Stats): FileIdentity => ({ ino: s.ino, size: s.size, mtimeMs: s.mtimeMs, ctimeMs: s.ctimeMs });
 export const sameIdentity = (a: FileIdentity | undefined, b: FileIdentity): boolean =>
   a !== undefined && a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs;
-
-const sameLineState = (a: LineState, b: LineState): boolean =>
-  a.counter === b.counter && a.failures === b.failures && a.lastOtp === b.lastOtp &&
-  a.lastTime === b.lastTime && a.lastIp === b.lastIp;
 
 /** Refuse a users file that others could read or change (its keys are secrets). */
 export function permissionProblem(path: string, mode: number): string | undefined {
@@ -531,7 +527,7 @@ export class UsersFile {
   private hashedTokensOf(lines: readonly number[]): TokenLine[] | undefined {
     let hashed: TokenLine[] | undefined;
     for (const i of lines) {
-      const t = this.tokenAt(this.model, i);
+      const t = tokenAt(this.model, i);
       if (isHashedPin(t.pin)) (hashed ??= []).push(t);
     }
     return hashed;
@@ -547,7 +543,7 @@ export class UsersFile {
     if (verdict.reason === 'linger') {
       // Only the idle clock moves, and it lives in memory: no write, no wait.
       for (const [k, s] of verdict.changes) {
-        const t = this.tokenAt(this.model, lines[k] as number);
+        const t = tokenAt(this.model, lines[k] as number);
         this.touch(t, s);
         if (s.lastOtp !== undefined) this.lingers.set(lingerKey, { token: tokenKey(t), otp: s.lastOtp });
       }
@@ -579,7 +575,7 @@ export class UsersFile {
     const hint = this.lingers.get(lingerKey);
     if (hint === undefined) return false;
     for (const i of lines) {
-      const t = this.tokenAt(this.model, i);
+      const t = tokenAt(this.model, i);
       if (tokenKey(t) !== hint.token) continue;
       const s = this.stateOf(this.model, i, now);
       // A lock, a new login or a logout since: the full check decides.
@@ -666,15 +662,9 @@ export class UsersFile {
       malformed: model.problems.length }, 'users file loaded');
   }
 
-  private tokenAt(model: UsersFileModel, i: number): TokenLine {
-    const entry = model.parsed[i];
-    if (entry?.kind !== 'token') throw new Error(`line ${i + 1} is not a token line`);
-    return entry.token;
-  }
-
   /** The decision's view of a token line: the file's fields plus what memory holds. */
   private stateOf(model: UsersFileModel, i: number, now: number): TokenState {
-    const t = this.tokenAt(model, i);
+    const t = tokenAt(model, i);
     const mem = this.memory.get(tokenKey(t));
     const failures = layoutStoresFailures(t) ? (t.failures ?? 0) : (mem?.failures ?? 0);
     let lockedAt = mem?.lockedAt;
@@ -702,7 +692,7 @@ export class UsersFile {
       ...(s.lastTime !== undefined ? { lastTime: s.lastTime } : {}),
       ...(s.lastIp !== undefined && !t.liboathLayout ? { lastIp: s.lastIp } : {}),
     };
-    return sameLineState(next, lineState(t)) ? undefined : next;
+    return sameLineState(next, lineState(t), t) ? undefined : next;
   }
 
   private memoryOf(t: TokenLine, s: TokenState): Memory {
@@ -876,7 +866,7 @@ export class UsersFile {
       for (const [k, s] of verdict.changes) draft.set(lines[k] as number, s);
       const line = verdict.line === undefined ? undefined : lines[verdict.line];
       const otp = verdict.line === undefined ? undefined : verdict.changes.get(verdict.line)?.lastOtp;
-      if (verdict.granted && line !== undefined && otp !== undefined) hints.set(p, { token: tokenKey(this.tokenAt(model, line)), otp });
+      if (verdict.granted && line !== undefined && otp !== undefined) hints.set(p, { token: tokenKey(tokenAt(model, line)), otp });
       return this.outcome(verdict);
     });
     return { model, draft, outcomes, hints };
@@ -962,7 +952,7 @@ export class UsersFile {
   private async write(model: UsersFileModel, draft: ReadonlyMap<number, TokenState>, timing: Record<string, number>): Promise<void> {
     const lineChanges = new Map<number, LineState>();
     for (const [i, s] of draft) {
-      const change = this.fileChange(this.tokenAt(model, i), s);
+      const change = this.fileChange(tokenAt(model, i), s);
       if (change) lineChanges.set(i, change);
     }
     if (lineChanges.size > 0) {
@@ -985,7 +975,7 @@ export class UsersFile {
     }
     // Memory follows the file: only now, with the change durable, is it visible to other requests.
     for (const [i, s] of draft) {
-      const t = this.tokenAt(model, i);
+      const t = tokenAt(model, i);
       this.memory.set(tokenKey(t), this.memoryOf(t, s));
     }
   }

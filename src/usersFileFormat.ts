@@ -4,7 +4,7 @@
 import { isUtf8 } from 'node:buffer';
 import { codeAt, codesEqual, type TokenType } from './otp.js';
 import { formatLocalTime, isLocalTimeText, parseLocalTime } from './localTime.js';
-import { isHashedPin, parsePinHash } from './pinHash.js';
+import { isHashedPin, looksHashed, parsePinHash } from './pinHash.js';
 
 export interface TokenLine {
   /** 1-based line number in the file it was read from */
@@ -118,8 +118,6 @@ const isSafeInt = (s: string, signed: boolean): boolean =>
 const LEADING_BLANKS = /^[ \t\v\f\r]+/;
 const CONTROL = /[\u0000-\u0008\u000e-\u001f\u007f]/;
 const HEX_KEY = /^(?:[0-9a-fA-F]{2})+$/;
-/** A modular-crypt or PHC hash (`$2y$...`, `$argon2id$...`, `$6$...`) */
-const FOREIGN_HASH = /^\$[0-9a-z-]+\$/;
 
 /** Parse one line (without its terminator). `lineNo` is 1-based. */
 export function parseLine(text: string, lineNo: number): ParsedLine {
@@ -143,7 +141,7 @@ export function parseLine(text: string, lineNo: number): ParsedLine {
     if (type.algorithm === 'MOTP') return invalid('an MOTP PIN cannot be hashed (it is part of the code)');
     // Not echoed: a PIN's hash can be guessed offline, and a typo may have left a plain PIN there.
     if (parsePinHash(pin) === undefined) return invalid('malformed hashed PIN (field 3)');
-  } else if (pin.charCodeAt(0) === 0x24 && FOREIGN_HASH.test(pin)) {
+  } else if (pin.charCodeAt(0) === 0x24 && looksHashed(pin)) {
     // An argon2 or bcrypt hash pasted from elsewhere would otherwise be a plain PIN: the hash itself would log in.
     return invalid('unsupported PIN hash (field 3: otpgate reads $scrypt$ hashes only)');
   }
@@ -239,6 +237,19 @@ export function formatLine(token: TokenLine, state: LineState): string {
     if (count >= 8) fields.push(state.lastIp ?? NO_IP);
   }
   return fields.join(' ').trimEnd();
+}
+
+/** Do two states record the same thing? (A pin given equal to the line's own counts as none.) */
+export function sameLineState(a: LineState, b: LineState, token: TokenLine): boolean {
+  return a.counter === b.counter && a.failures === b.failures && a.lastOtp === b.lastOtp &&
+    a.lastTime === b.lastTime && a.lastIp === b.lastIp && (a.pin ?? token.pin) === (b.pin ?? token.pin);
+}
+
+/** The token line at index `i` of a model (throws when that line is not one). */
+export function tokenAt(model: UsersFileModel, i: number): TokenLine {
+  const entry = model.parsed[i];
+  if (entry?.kind !== 'token') throw new Error(`line ${i + 1} is not a token line`);
+  return entry.token;
 }
 
 /** The state a line records now (what formatLine would need to reproduce it). */
