@@ -6,6 +6,7 @@ import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import type { Route } from './routes.js';
+import { parseRedisUrl, type RedisTarget } from './redisUrl.js';
 import { parseTokenType } from './usersFileFormat.js';
 import { UNFIT_FOR_IDENTITY, isValidHeaderName, normalizedHeaderName } from './headers.js';
 
@@ -79,6 +80,20 @@ const route = z.strictObject({
   keepAuthorization: z.boolean().default(false),
 });
 
+// Where counters, lingers and failure counts live: the users file (one gateway,
+// or several on one file), or Redis, shared by several gateways (redisUsers.ts).
+const state = z.strictObject({
+  store: z.enum(['file', 'redis'], { error: 'expected file or redis' }).default('file'),
+  url: z.string().min(1).optional(),
+  keyPrefix: z.string().regex(/^[!-~]{1,64}$/, 'expected 1-64 printable ASCII characters without spaces').default('otpgate:'),
+  // CA, client certificate and key for rediss:// (default CAs when only rediss:// is given).
+  tls: z.strictObject({ ca: path.optional(), cert: path.optional(), key: path.optional(), servername: z.string().min(1).optional() }).optional(),
+  // While Redis cannot be reached: how long a session this gateway saw lingering keeps riding (0: 503 at once).
+  lingerWhileDown: seconds(0).max(3600).default(60),
+  // A Redis command not answered in this time fails (the login gets 503).
+  commandTimeout: z.number().positive().max(60).default(2),
+}).prefault({});
+
 const schema = z.strictObject({
   listen: z.string().default('127.0.0.1:8080'),
   upstream: z.string({ error: 'required: the backend base URL, e.g. http://127.0.0.1:8081' }),
@@ -119,6 +134,7 @@ const schema = z.strictObject({
   pinPolicy,
   enrolment,
   routes: z.array(route).default([]),
+  state,
 });
 
 type Raw = z.infer<typeof schema>;
@@ -128,8 +144,16 @@ export interface Listen {
   readonly port: number;
 }
 
-export interface Config extends Omit<Raw, 'listen' | 'upstream' | 'usersFile' | 'trustedProxies' | 'metricsListen' | 'routes'> {
+export interface StateConfig extends Omit<Raw['state'], 'url'> {
+  /** set when store is redis */
+  readonly redis?: RedisTarget | undefined;
+  /** the URL as given (for messages: without its password) */
+  readonly url?: string | undefined;
+}
+
+export interface Config extends Omit<Raw, 'listen' | 'upstream' | 'usersFile' | 'trustedProxies' | 'metricsListen' | 'routes' | 'state'> {
   readonly routes: readonly Route[];
+  readonly state: StateConfig;
   readonly listen: Listen;
   readonly metricsListen?: Listen | undefined;
   readonly upstream: URL;
@@ -183,6 +207,35 @@ function parseRoutes(entries: Raw['routes'], errors: string[], where: string): R
       return [];
     }
   });
+}
+
+/** A URL for people: the password replaced. */
+export const redactedUrl = (url: string): string => url.replace(/^([a-z+]+:\/\/[^:@/]*:)[^@/]*@/, '$1***@');
+
+function parseState(raw: Raw['state'], errors: string[], where: string, baseDir: string): StateConfig {
+  const { url, ...rest } = raw;
+  const tls = raw.tls === undefined ? undefined : {
+    ...raw.tls,
+    ...(raw.tls.ca !== undefined ? { ca: resolve(baseDir, raw.tls.ca) } : {}),
+    ...(raw.tls.cert !== undefined ? { cert: resolve(baseDir, raw.tls.cert) } : {}),
+    ...(raw.tls.key !== undefined ? { key: resolve(baseDir, raw.tls.key) } : {}),
+  };
+  if (raw.store === 'file') {
+    if (url !== undefined) errors.push(`${where}: state.url: only with store: redis`);
+    return { ...rest, tls };
+  }
+  if (url === undefined) {
+    errors.push(`${where}: state.url: required with store: redis, e.g. redis://127.0.0.1:6379 or redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster`);
+    return { ...rest, tls };
+  }
+  const target = parseRedisUrl(url);
+  if (typeof target === 'string') {
+    errors.push(`${where}: state.url: ${target}`);
+    return { ...rest, tls };
+  }
+  if (tls !== undefined && !target.tls) errors.push(`${where}: state.tls: only with a rediss:// URL`);
+  if ((tls?.cert === undefined) !== (tls?.key === undefined)) errors.push(`${where}: state.tls: cert and key go together`);
+  return { ...rest, tls, redis: target, url: redactedUrl(url) };
 }
 
 /**
@@ -240,6 +293,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
   }
   const trusted = parseTrusted(raw.trustedProxies, errors, source);
   const routes = parseRoutes(raw.routes, errors, source);
+  const stateConfig = parseState(raw.state, errors, source, baseDir);
   if (errors.length > 0 || !listen || !upstream || raw.usersFile === undefined) return { ok: false, errors };
   const config: Config = {
     ...raw,
@@ -252,6 +306,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     trustedProxies: raw.trustedProxies,
     trusted,
     routes,
+    state: stateConfig,
     source,
   };
   return { ok: true, config };

@@ -20,12 +20,14 @@ import { ambiguousPath, decodedPath, pathOf, routeFor } from './routes.js';
 import { Throttle, type ThrottlePolicy } from './throttle.js';
 import { assertionSigner, type Signer } from './assertion.js';
 import type { Metrics } from './metrics.js';
-import type { Outcome, UsersFile } from './usersFile.js';
+import type { Outcome } from './usersFile.js';
+import type { UserStore } from './userStore.js';
+import type { ThrottleEvent } from './redisState.js';
 import { VERSION } from './logger.js';
 
 interface Live {
   readonly config: Config;
-  readonly users: UsersFile;
+  readonly users: UserStore;
   readonly identity: string;
   readonly upstream: Upstream;
   /** securityHeaders, as set on every answer */
@@ -121,7 +123,7 @@ export class Gateway {
   /** epoch seconds (injectable for tests) */
   private readonly clock: () => number;
 
-  constructor(config: Config, users: UsersFile, log: Logger, clock: () => number = () => Date.now() / 1000) {
+  constructor(config: Config, users: UserStore, log: Logger, clock: () => number = () => Date.now() / 1000) {
     this.log = log;
     this.clock = clock;
     this.throttle = new Throttle(throttlePolicyOf(config));
@@ -167,7 +169,7 @@ export class Gateway {
   }
 
   /** Swap in a new configuration and users file (SIGHUP); listen address and timeouts need a restart. */
-  swap(config: Config, users: UsersFile): void {
+  swap(config: Config, users: UserStore): void {
     // Everything that can fail first: a failed reload must change nothing.
     const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) } : undefined;
     const live = this.liveFor(config, users);
@@ -176,8 +178,9 @@ export class Gateway {
     this.live = live;
   }
 
-  private liveFor(config: Config, users: UsersFile): Live {
+  private liveFor(config: Config, users: UserStore): Live {
     users.onFailuresCleared = (login, loginIp): void => { this.throttle.forget(login, loginIp); };
+    users.onPeerThrottle = (e): void => this.peerThrottle(e);
     const assertion = config.identityAssertion;
     return {
       config, users, identity: normalizedHeaderName(config.identityHeader),
@@ -269,7 +272,7 @@ export class Gateway {
         end?.();
         this.audit(login, ip, outcome, true);
         // Credentials that end nothing are a guess like a wrong password.
-        if (outcome.reason !== 'logout' && !outcome.unavailable) this.throttle.failed(login, ip, known, usual, now);
+        if (outcome.reason !== 'logout' && !outcome.unavailable) this.failed(live, login, ip, known, usual, now);
         challenge(this.own(res, live), config.realm, closeAfter);
       });
       return;
@@ -304,10 +307,12 @@ export class Gateway {
       end?.();
       this.metrics?.authSeconds.observe((performance.now() - started) / 1000);
       this.audit(login, ip, outcome, false);
-      if (outcome.reason === 'ok') this.throttle.succeeded(login, ip, now);
-      else if (!outcome.granted && !outcome.unavailable && countsAsGuess(outcome)) {
+      if (outcome.reason === 'ok') {
+        this.throttle.succeeded(login, ip, now);
+        users.shareThrottle?.({ type: 'succeeded', login, ip });
+      } else if (!outcome.granted && !outcome.unavailable && countsAsGuess(outcome)) {
         facts ??= this.attemptFacts(users, login, ip, now);
-        this.throttle.failed(login, ip, facts.known, facts.usual, now);
+        this.failed(live, login, ip, facts.known, facts.usual, now);
       }
       if (outcome.unavailable) unavailable(this.own(res, live));
       else if (!outcome.granted) challenge(this.own(res, live), config.realm, closeAfter);
@@ -315,8 +320,22 @@ export class Gateway {
     });
   }
 
+  /** A guess: counted here, and by every other gateway sharing the store. */
+  private failed(live: Live, login: string, ip: string, known: boolean, usual: boolean, now: number): void {
+    this.throttle.failed(login, ip, known, usual, now);
+    live.users.shareThrottle?.({ type: 'failed', login, ip, known, usual });
+  }
+
+  /** What another gateway's throttle counted (store: redis), counted here too. */
+  private peerThrottle(e: ThrottleEvent): void {
+    const now = this.clock();
+    if (e.type === 'failed') this.throttle.failed(e.login, e.ip, e.known, e.usual, now);
+    else if (e.type === 'succeeded') this.throttle.succeeded(e.login, e.ip, now);
+    else this.throttle.forget(e.login);
+  }
+
   /** What the throttle needs to know of an attempt: is the login in the file, is the IP usual for it? */
-  private attemptFacts(users: UsersFile, login: string, ip: string, now: number): { known: boolean; usual: boolean } {
+  private attemptFacts(users: UserStore, login: string, ip: string, now: number): { known: boolean; usual: boolean } {
     return { known: users.knows(login), usual: this.throttle.isUsual(login, ip, now) || users.lastLoggedInFrom(login, ip) };
   }
 
@@ -394,16 +413,24 @@ export class Gateway {
     else badGateway(this.own(res, live));
   }
 
+  /**
+   * 200 while logins work; with a shared store that is down, 200 "degraded"
+   * while sessions still ride (a short outage, a Sentinel failover), then 503.
+   */
   private health(res: ServerResponse, live: Live): void {
     const { users } = live;
-    const ok = users.usable;
-    json(res, ok ? 200 : 503, {
-      status: ok ? 'ok' : 'unavailable',
+    const shared = users.shared;
+    const status = !users.usable ? 'unavailable' : shared === undefined || shared.up ? 'ok' : shared.lingersRide ? 'degraded' : 'unavailable';
+    const problem = !users.usable ? users.unusableReason
+      : status === 'ok' ? undefined : `state store unreachable for ${Math.round(shared?.downSeconds ?? 0)} s`;
+    json(res, status === 'unavailable' ? 503 : 200, {
+      status,
       version: VERSION,
       users: users.userCount,
       tokens: users.tokenCount,
       malformedLines: users.malformedLines,
-      ...(ok ? {} : { problem: users.unusableReason }),
+      ...(shared ? { state: { store: 'redis', connected: shared.up } } : {}),
+      ...(problem === undefined ? {} : { problem }),
     });
   }
 

@@ -4,11 +4,14 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { SharedStatus } from './userStore.js';
 
 /** What the gauges read when scraped. */
 export interface MetricsSources {
   users(): { users: number; tokens: number; malformedLines: number; usable: boolean; lingering: number };
   throttledKeys(): number;
+  /** a shared store's link (store: redis), undefined for the file store */
+  shared?(): SharedStatus | undefined;
 }
 
 const SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
@@ -52,6 +55,17 @@ export class Metrics {
       () => (sources.users().usable ? 1 : 0));
     gauge('otpgate_lingering_sessions', 'Credentials remembered as riding a linger (an upper bound of active sessions).',
       () => sources.users().lingering);
+    const shared = sources.shared;
+    if (shared) {
+      gauge('otpgate_state_store_up', '1 while the shared state store (Redis) is reachable, 0 while fresh logins get 503 (store: redis).',
+        () => (shared()?.up === true ? 1 : 0));
+      gauge('otpgate_state_store_down_seconds', 'Seconds the shared state store has been unreachable (0 when up).', () => shared()?.downSeconds ?? 0);
+      new Counter({
+        name: 'otpgate_state_store_conflicts_total', registers: [this.registry],
+        help: 'Logins decided again because another gateway (or request) wrote the same user first (compare-and-set lost).',
+        collect() { this.reset(); this.inc(shared()?.conflicts ?? 0); },
+      });
+    }
     gauge('otpgate_throttle_entries', 'IPs, accounts and IP-account pairs with failures counted by the throttle.', sources.throttledKeys);
   }
 

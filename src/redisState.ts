@@ -1,102 +1,166 @@
-// Token state in Redis, for several gateways sharing it (issue 7): one hash
-// per token line holding what changes (counter or drift, failures, last OTP,
-// its time and IP) and a version. Every update is a compare-and-set on that
-// version in one Lua script, so of two gateways that decided on the same state,
-// exactly one writes; the other reads again and decides again. The users file
-// still defines users, keys and PINs; nothing secret goes to Redis: a token's
-// key name is a SHA-256 of its login, type and key, its fields hold no PIN or key.
+// Token state in Redis, for several gateways sharing it (store: redis): one hash
+// per token line holding what changes (counter or drift, failures, lock, last
+// OTP, its time and IP, idle clock, last used step, retired code) and a version.
+// Every update is a compare-and-set on the versions of all of a user's lines in
+// one Lua script, so of two gateways that decided on the same state, exactly
+// one writes; the other reads again and decides again. The script publishes
+// each new version, so every gateway drops what it cached of that token.
+// Nothing secret goes to Redis: a token's key name is a SHA-256 of its login,
+// type and key, its fields hold no login, PIN or key.
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import type { LineState, TokenLine } from './usersFileFormat.js';
+import type { StoredState } from './sharedState.js';
+import type { TokenLine } from './usersFileFormat.js';
 
-export interface StoredState {
+export interface StoredRecord {
   /** 0: Redis holds nothing for the token yet */
   readonly version: number;
-  readonly state: LineState | undefined;
+  readonly state: StoredState | undefined;
 }
 
+/** A message on the events channel: a token's new version (from the scripts), or a gateway's throttle news. */
+export type StateEvent =
+  | { readonly kind: 'version'; readonly key: string; readonly version: number }
+  | { readonly kind: 'throttle'; readonly from: string; readonly event: ThrottleEvent };
+
+/** What one gateway's throttle learnt that the others' should count too. */
+export type ThrottleEvent =
+  | { readonly type: 'failed'; readonly login: string; readonly ip: string; readonly known: boolean; readonly usual: boolean }
+  | { readonly type: 'succeeded'; readonly login: string; readonly ip: string }
+  | { readonly type: 'forget'; readonly login: string };
+
+// The hash's fields: c counter, f failures, l lockedAt, o lastOtp, t lastTime,
+// i lastIp, a lastActive, u usedStep, r retiredOtp; v the version.
+const FIELDS = 9;
+
 // KEYS: the hashes of the lines a decision read (all of a user's lines: a
-// login consumes one and clears the others' failures). ARGV, per key: the
-// version the caller decided on, '1' to write or '0' only to check, then FIELDS
-// field, value pairs ('' deletes the field). Nothing is written unless every
-// version still holds. Redis runs a script atomically.
-const FIELDS = 5;
+// login consumes one and clears the others' failures). ARGV[1] the events
+// channel, then per key: the version the caller decided on, '1' to write or
+// '0' only to check, then FIELDS field, value pairs ('' deletes the field).
+// Nothing is written unless every version still holds. The idle clock (a) only
+// moves forward: gateways move it without a version (see TOUCH).
 const COMPARE_AND_SET = `
 local per = 2 + 2 * ${FIELDS}
 for k = 1, #KEYS do
-  if (redis.call('HGET', KEYS[k], 'v') or '0') ~= ARGV[(k - 1) * per + 1] then return 0 end
+  if (redis.call('HGET', KEYS[k], 'v') or '0') ~= ARGV[(k - 1) * per + 2] then return 0 end
 end
 for k = 1, #KEYS do
-  local base = (k - 1) * per
+  local base = (k - 1) * per + 1
   if ARGV[base + 2] == '1' then
     for i = base + 3, base + per, 2 do
-      if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[k], ARGV[i]) else redis.call('HSET', KEYS[k], ARGV[i], ARGV[i + 1]) end
+      local field, value = ARGV[i], ARGV[i + 1]
+      if field == 'a' then
+        if value ~= '' and tonumber(value) > tonumber(redis.call('HGET', KEYS[k], 'a') or '0') then redis.call('HSET', KEYS[k], 'a', value) end
+      elseif value == '' then redis.call('HDEL', KEYS[k], field) else redis.call('HSET', KEYS[k], field, value) end
     end
-    redis.call('HSET', KEYS[k], 'v', tonumber(ARGV[base + 1]) + 1)
+    local v = tonumber(ARGV[base + 1]) + 1
+    redis.call('HSET', KEYS[k], 'v', v)
+    redis.call('PUBLISH', ARGV[1], 'v ' .. KEYS[k] .. ' ' .. v)
   end
 end
 return 1
 `;
 
-// Seeding from a users file: a token Redis does not know takes the file's
-// state; one it knows keeps its own, except that an event token's counter is
-// raised to the file's when the file is ahead (a counter never goes back).
-// ARGV[1] '1' for an event token, ARGV[2] the counter, then field, value pairs.
-const SEED = `
-local v = redis.call('HGET', KEYS[1], 'v')
-if not v then
-  for i = 3, #ARGV, 2 do
-    if ARGV[i + 1] ~= '' then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-  end
-  redis.call('HSET', KEYS[1], 'v', 1)
-  return 1
+// A ride of a linger moves the token's idle clock forward, without a version:
+// it changes no decision's outcome but an idle timeout's, and must not make
+// logins on other gateways decide again.
+const TOUCH = `
+if redis.call('EXISTS', KEYS[1]) == 1 and tonumber(redis.call('HGET', KEYS[1], 'a') or '0') < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'a', ARGV[1])
 end
-if ARGV[1] == '1' and tonumber(redis.call('HGET', KEYS[1], 'c') or '0') < tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'c', ARGV[2], 'v', tonumber(v) + 1)
-  return 1
-end
-return 0
+return 1
 `;
 
 interface Scripts {
   otpgateCompareAndSet(keyCount: number, ...keysAndArgs: string[]): Promise<number>;
-  otpgateSeed(key: string, ...args: string[]): Promise<number>;
+  otpgateTouch(key: string, at: string): Promise<number>;
 }
 
-const fieldsOf = (s: LineState): string[] => [
-  'c', String(s.counter), 'f', String(s.failures),
-  'o', s.lastOtp ?? '', 't', s.lastTime === undefined ? '' : String(s.lastTime), 'i', s.lastIp ?? '',
+const text = (n: number | undefined): string => (n === undefined ? '' : String(n));
+const fieldsOf = (s: StoredState): string[] => [
+  'c', String(s.counter), 'f', String(s.failures), 'l', text(s.lockedAt), 'o', s.lastOtp ?? '', 't', text(s.lastTime),
+  'i', s.lastIp ?? '', 'a', text(s.lastActive), 'u', text(s.usedStep), 'r', s.retiredOtp ?? '',
 ];
+const NOTHING = fieldsOf({ counter: 0, failures: 0 });
+
+const num = (v: string | undefined): number | undefined => (v === undefined ? undefined : Number(v));
+
+/** A hash as read (HGETALL) into a record. */
+export function recordOf(h: Record<string, string>): StoredRecord {
+  if (h.v === undefined) return { version: 0, state: undefined };
+  const state: StoredState = {
+    counter: Number(h.c ?? 0), failures: Number(h.f ?? 0), lockedAt: num(h.l), lastOtp: h.o, lastTime: num(h.t),
+    lastIp: h.i, lastActive: num(h.a), usedStep: num(h.u), retiredOtp: h.r,
+  };
+  return { version: Number(h.v), state };
+}
+
+/** The events channel's message read, or undefined for one this version does not know. */
+export function eventOf(message: string): StateEvent | undefined {
+  if (message.startsWith('v ')) {
+    const [, key, version] = message.split(' ');
+    return key !== undefined && version !== undefined ? { kind: 'version', key, version: Number(version) } : undefined;
+  }
+  if (message.startsWith('t ')) {
+    try {
+      const { from, event } = JSON.parse(message.slice(2)) as { from: string; event: ThrottleEvent };
+      return typeof from === 'string' && typeof event?.login === 'string' ? { kind: 'throttle', from, event } : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+  return undefined;
+}
+
+// Key names are computed on every lingering request: cached per line object.
+const keyNames = new WeakMap<TokenLine, string>();
 
 export class RedisTokenStore {
   private readonly scripts: Scripts;
+  /** where version and throttle news go */
+  readonly channel: string;
 
   constructor(private readonly redis: Redis, private readonly prefix: string) {
     redis.defineCommand('otpgateCompareAndSet', { lua: COMPARE_AND_SET });
-    redis.defineCommand('otpgateSeed', { numberOfKeys: 1, lua: SEED });
+    redis.defineCommand('otpgateTouch', { numberOfKeys: 1, lua: TOUCH });
     this.scripts = redis as unknown as Scripts;
+    this.channel = `${prefix}events`;
   }
 
   /** The token's key name: no login, PIN or key in it. */
   keyOf(token: TokenLine): string {
-    return `${this.prefix}token:${createHash('sha256').update(`${token.login}\0${token.typeText}\0${token.keyHex}`).digest('hex')}`;
+    let key = keyNames.get(token);
+    if (key === undefined) {
+      key = `${this.prefix}token:${createHash('sha256').update(`${token.login}\0${token.typeText}\0${token.keyHex}`).digest('hex')}`;
+      keyNames.set(token, key);
+    }
+    return key;
   }
 
-  async read(token: TokenLine): Promise<StoredState> {
-    const h = await this.redis.hgetall(this.keyOf(token));
-    if (h.v === undefined) return { version: 0, state: undefined };
-    const state: LineState = {
-      counter: Number(h.c ?? 0), failures: Number(h.f ?? 0),
-      ...(h.o !== undefined ? { lastOtp: h.o } : {}),
-      ...(h.t !== undefined ? { lastTime: Number(h.t) } : {}),
-      ...(h.i !== undefined ? { lastIp: h.i } : {}),
-    };
-    return { version: Number(h.v), state };
+  /** A key name for a login that has no token: the same work and round trip as a real one. */
+  decoyKeyOf(login: string): string {
+    return `${this.prefix}token:${createHash('sha256').update(`${login}\0decoy`).digest('hex')}`;
+  }
+
+  async read(token: TokenLine): Promise<StoredRecord> {
+    return recordOf(await this.redis.hgetall(this.keyOf(token)));
+  }
+
+  /** Several tokens' records in one round trip (not one snapshot: the compare-and-set checks that). */
+  async readAll(keys: readonly string[]): Promise<StoredRecord[]> {
+    if (keys.length === 1) return [recordOf(await this.redis.hgetall(keys[0] as string))];
+    const pipeline = this.redis.pipeline();
+    for (const key of keys) pipeline.hgetall(key);
+    const results = (await pipeline.exec()) ?? [];
+    return results.map(([err, h]) => {
+      if (err) throw err;
+      return recordOf(h as Record<string, string>);
+    });
   }
 
   /** Write `next` if the token is still at `version`; false: someone else wrote first (read and decide again). */
-  compareAndSet(token: TokenLine, version: number, next: LineState): Promise<boolean> {
-    return this.compareAndSetAll([{ token, version, next }]);
+  compareAndSet(token: TokenLine, version: number, next: StoredState): Promise<boolean> {
+    return this.compareAndSetAll([{ key: this.keyOf(token), version, next }]);
   }
 
   /**
@@ -104,17 +168,25 @@ export class RedisTokenStore {
    * given takes it, but only if every line is still at the version the decision
    * saw (a line without `next` is only checked). False: decide again.
    */
-  async compareAndSetAll(lines: readonly { token: TokenLine; version: number; next?: LineState | undefined }[]): Promise<boolean> {
-    const keys = lines.map((l) => this.keyOf(l.token));
+  async compareAndSetAll(lines: readonly { key: string; version: number; next?: StoredState | undefined }[]): Promise<boolean> {
     const args = lines.flatMap((l) => (l.next === undefined
-      ? [String(l.version), '0', ...fieldsOf({ counter: 0, failures: 0 })]
+      ? [String(l.version), '0', ...NOTHING]
       : [String(l.version), '1', ...fieldsOf(l.next)]));
-    return (await this.scripts.otpgateCompareAndSet(keys.length, ...keys, ...args)) === 1;
+    return (await this.scripts.otpgateCompareAndSet(lines.length, ...lines.map((l) => l.key), this.channel, ...args)) === 1;
   }
 
-  /** Take the users file's state for a token, never lowering what Redis has (see SEED). True if Redis changed. */
-  async seed(token: TokenLine, state: LineState): Promise<boolean> {
-    const event = token.type.stepSeconds === 0 ? '1' : '0';
-    return (await this.scripts.otpgateSeed(this.keyOf(token), event, String(state.counter), ...fieldsOf(state))) === 1;
+  /** Move a token's idle clock forward to `at` (epoch seconds). */
+  async touch(key: string, at: number): Promise<void> {
+    await this.scripts.otpgateTouch(key, String(at));
+  }
+
+  /** Tell every gateway's throttle (`from`: this gateway, which has counted it already). */
+  async publishThrottle(from: string, event: ThrottleEvent): Promise<void> {
+    await this.redis.publish(this.channel, `t ${JSON.stringify({ from, event })}`);
+  }
+
+  /** Forget a token (its user was removed from the file). */
+  async remove(token: TokenLine): Promise<void> {
+    await this.redis.del(this.keyOf(token));
   }
 }

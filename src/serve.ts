@@ -13,6 +13,8 @@ import { Gateway } from './gateway.js';
 import { createLogger, VERSION } from './logger.js';
 import { UnsafeUsersFileError, UsersFile, UsersFileError, safetyProblems, type FileSafety, type WriteObserver } from './usersFile.js';
 import { parseUsersFile } from './usersFileFormat.js';
+import { RedisUsers } from './redisUsers.js';
+import type { UserStore } from './userStore.js';
 
 // Where they lived before the admin CLI needed them without the gateway's modules.
 export { CliError } from './cliError.js';
@@ -30,12 +32,18 @@ function lifecycle(log: Logger): Logger {
  * change, a symbolic link, or one in a directory others can write to (exit 2,
  * each reason one line naming its override).
  */
-export function openUsersFile(config: Config, log: Logger, options: { clock?: () => number; pollMs?: number } = {}): UsersFile {
+export function openUsersFile(config: Config, log: Logger, options: { clock?: () => number; pollMs?: number } = {}): UserStore {
   try {
-    return new UsersFile({ path: config.usersFile, policy: policyOf(config), safety: safetyOf(config), log, ...options });
+    const common = { path: config.usersFile, policy: policyOf(config), safety: safetyOf(config), log, ...options };
+    if (config.state.store === 'redis') return new RedisUsers({ ...common, state: config.state });
+    return new UsersFile(common);
   } catch (err) {
     if (err instanceof UnsafeUsersFileError) throw new CliError(err.message, 2);
     if (err instanceof UsersFileError) throw new CliError(err.message, 1);
+    // A TLS file of state.tls that cannot be read.
+    if ((err as NodeJS.ErrnoException).code !== undefined && (err as NodeJS.ErrnoException).path !== undefined) {
+      throw new CliError(`${(err as NodeJS.ErrnoException).path}: cannot read (${(err as NodeJS.ErrnoException).code})`, 1);
+    }
     throw err;
   }
 }
@@ -45,7 +53,7 @@ export interface Running {
   /** the metrics listener's, when metricsListen is set */
   readonly metricsAddress: AddressInfo | undefined;
   readonly gateway: Gateway;
-  users: UsersFile;
+  users: UserStore;
   reload(): Promise<boolean>;
   stop(): Promise<void>;
 }
@@ -89,6 +97,7 @@ export async function start(config: Config, log: Logger, reread?: () => Config, 
         const u = scraped.users;
         return { users: u.userCount, tokens: u.tokenCount, malformedLines: u.malformedLines, usable: u.usable, lingering: u.lingerCount };
       },
+      ...(config.state.store === 'redis' ? { shared: () => scraped.users.shared } : {}),
       throttledKeys: () => gateway.throttle.size,
     });
     try {
@@ -109,6 +118,7 @@ export async function start(config: Config, log: Logger, reread?: () => Config, 
   lifecycle(log).info({
     event: 'start', version: VERSION, listen: `${address.address}:${address.port}`, tls: Boolean(config.tls),
     upstream: config.upstream.href, usersFile: config.usersFile, users: users.userCount, malformedLines: users.malformedLines,
+    state: config.state.store === 'redis' ? config.state.url : 'file',
   }, `otpgate ${VERSION} listening on ${config.tls ? 'https' : 'http'}://${address.address}:${address.port}, upstream ${config.upstream.href}`);
 
   let current = config;
@@ -134,7 +144,7 @@ export async function start(config: Config, log: Logger, reread?: () => Config, 
       }
       let nextUsers = running.users;
       try {
-        if (next.usersFile !== current.usersFile) {
+        if (next.usersFile !== current.usersFile || JSON.stringify(next.state) !== JSON.stringify(current.state)) {
           nextUsers = openUsersFile(next, log, options);
           await nextUsers.removeStaleTemp();
         } else {

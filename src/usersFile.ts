@@ -13,6 +13,7 @@ import { TempFile, tempFileOf } from './atomicWrite.js';
 import { decide, decoyCheck, isLocked, type Policy, type Reason, type TokenState, type Verdict } from './decision.js';
 import { lockUsersFile, type HeldLock } from './fileLock.js';
 import { lingerActive } from './linger.js';
+import type { UserStore } from './userStore.js';
 import { DEFAULT_SCRYPT, isHashedPin, parsePinHash, verifyPin, type PinHash } from './pinHash.js';
 import {
   layoutStoresFailures, lineState, parseUsersFile, parseUsersFileInSlices, sameLineState, tokenAt, withChangedLines,
@@ -68,7 +69,7 @@ interface Pending extends Request {
 const ignoreOutcome = (): void => undefined;
 
 /** The answer to a login not in the file, or refused for a malformed line of it. */
-const unknownLogin = (lines: readonly number[] | undefined): Outcome => (lines === undefined
+export const unknownLogin = (lines: readonly number[] | undefined): Outcome => (lines === undefined
   ? { granted: false, reason: 'unknown_user' } : { granted: false, reason: 'unknown_user', detail: 'malformed line in users file' });
 
 /**
@@ -77,18 +78,33 @@ const unknownLogin = (lines: readonly number[] | undefined): Outcome => (lines =
  * much on every lingering request. Key bytes below 0x80 keep both padded keys
  * ASCII, so string concatenation gives exactly the bytes HMAC hashes.
  */
-function hmacPads(): { inner: string; outer: string } {
+export function hmacPads(): { inner: string; outer: string } {
   const key = randomBytes(64).map((b) => b & 0x7f);
   return {
     inner: Buffer.from(key.map((b) => b ^ 0x36)).toString('latin1'),
     outer: Buffer.from(key.map((b) => b ^ 0x5c)).toString('latin1'),
   };
 }
-const LINGER: Outcome = Object.freeze({ granted: true, reason: 'linger' });
-const UNAVAILABLE: Outcome = Object.freeze({ granted: false, reason: 'unknown_user', unavailable: true });
+/** The key credentials ride a linger under: the login and an HMAC of the password (never the password). */
+export function lingerKeyOf(pads: { inner: string; outer: string }, login: string, password: string): string {
+  return `${login}\0${hash('sha256', pads.outer + hash('sha256', pads.inner + password, 'hex'), 'base64')}`;
+}
+
+/** The token lines among `lines` whose PIN is stored hashed, or undefined if none. */
+export function hashedTokensOf(model: UsersFileModel, lines: readonly number[]): TokenLine[] | undefined {
+  let hashed: TokenLine[] | undefined;
+  for (const i of lines) {
+    const t = tokenAt(model, i);
+    if (isHashedPin(t.pin)) (hashed ??= []).push(t);
+  }
+  return hashed;
+}
+
+export const LINGER: Outcome = Object.freeze({ granted: true, reason: 'linger' });
+export const UNAVAILABLE: Outcome = Object.freeze({ granted: false, reason: 'unknown_user', unavailable: true });
 
 /** An unknown login's PIN check where known ones may cost a scrypt: the work of a real hash, on a fixed salt. */
-const DECOY_PIN: PinHash = { params: DEFAULT_SCRYPT, salt: Buffer.alloc(16), hash: Buffer.alloc(32) };
+export const DECOY_PIN: PinHash = { params: DEFAULT_SCRYPT, salt: Buffer.alloc(16), hash: Buffer.alloc(32) };
 
 /**
  * Runs as many tasks at once as it has slots, the others in turn: one per
@@ -137,7 +153,7 @@ class Slots {
 // One core left for the event loop, and two pool threads for the file.
 const poolThreads = Number(process.env.UV_THREADPOOL_SIZE) || 4;
 const pinChecks = new Slots(Math.max(1, Math.min(availableParallelism() - 1, poolThreads - 2)));
-const checkPin = (stored: PinHash, typed: string, ip: string): Promise<boolean> => pinChecks.run(ip, () => verifyPin(stored, typed));
+export const checkPin = (stored: PinHash, typed: string, ip: string): Promise<boolean> => pinChecks.run(ip, () => verifyPin(stored, typed));
 
 /**
  * Verify the typed PIN of every line with a hashed PIN, locked or not, right or
@@ -145,7 +161,7 @@ const checkPin = (stored: PinHash, typed: string, ip: string): Promise<boolean> 
  * as verified only where it matched on every line tried that holds it (lines
  * with codes of other lengths see other typed PINs).
  */
-async function verifiedPinsOf(tokens: readonly TokenLine[], password: string, ip: string): Promise<ReadonlySet<string>> {
+export async function verifiedPinsOf(tokens: readonly TokenLine[], password: string, ip: string): Promise<ReadonlySet<string>> {
   const results = await Promise.all(tokens.map((t): Promise<boolean | undefined> => {
     const stored = parsePinHash(t.pin) ?? DECOY_PIN; // (parseLine refuses a malformed hash)
     const cut = password.length - t.type.digits;
@@ -190,7 +206,7 @@ const MAX_ATTEMPTS = 3;
 // A token's identity across reloads: memory follows the token, not its line number.
 // Cached per line object: built on every lingering request otherwise.
 const tokenKeys = new WeakMap<TokenLine, string>();
-function tokenKey(t: TokenLine): string {
+export function tokenKey(t: TokenLine): string {
   let key = tokenKeys.get(t);
   if (key === undefined) {
     key = `${t.login}\0${t.typeText}\0${t.keyHex}\0${t.pin}`;
@@ -384,7 +400,7 @@ function failingLogins(model: UsersFileModel): Set<string> {
 /** The file was changed by someone who does not take the lock, between our read and our rename. */
 class ChangedMeanwhile extends Error {}
 
-export class UsersFile {
+export class UsersFile implements UserStore {
   readonly path: string;
   private policy: Policy;
   private readonly log: Logger;
@@ -508,7 +524,7 @@ export class UsersFile {
     if (!logout && this.rideCached(lines, lingerKey, ip, now)) return LINGER;
     const request: Request = { login, password, ip, logout, usualIp, lingerKey };
     if (this.model.hashedPins === 0) return this.decideNow(lines, request, now);
-    const hashed = this.hashedTokensOf(lines);
+    const hashed = hashedTokensOf(this.model, lines);
     // In a file with hashed PINs a plain-PIN login costs a scrypt too: the time taken tells
     // no known login from an unknown one while PINs are being moved to hashes.
     const verified = hashed === undefined
@@ -521,16 +537,6 @@ export class UsersFile {
       if (current === undefined || this.model.refused.has(login)) return unknownLogin(current);
       return this.decideNow(current, verifiedPins === undefined ? request : { ...request, verifiedPins }, this.clock());
     });
-  }
-
-  /** The token lines among `lines` whose PIN is stored hashed, or undefined if none. */
-  private hashedTokensOf(lines: readonly number[]): TokenLine[] | undefined {
-    let hashed: TokenLine[] | undefined;
-    for (const i of lines) {
-      const t = tokenAt(this.model, i);
-      if (isHashedPin(t.pin)) (hashed ??= []).push(t);
-    }
-    return hashed;
   }
 
   /** Decide against the file and memory as they are now (PINs hashed in the file already verified). */
@@ -566,8 +572,7 @@ export class UsersFile {
   }
 
   private lingerKeyOf(login: string, password: string): string {
-    const { inner, outer } = this.lingerPads;
-    return `${login}\0${hash('sha256', outer + hash('sha256', inner + password, 'hex'), 'base64')}`;
+    return lingerKeyOf(this.lingerPads, login, password);
   }
 
   /** The same credentials rode or started this token's linger before, and it still holds for `ip` now. */

@@ -1,0 +1,356 @@
+// store: redis: several gateways share counters, lingers, failure counts and
+// throttles in Redis, while users, keys and PINs come from each gateway's copy
+// of the users file (never written in this mode).
+//
+// A fresh login reads the user's token records (one round trip), decides with
+// the pure decide() exactly as the file store does, and writes every change of
+// the user's lines in one compare-and-set (redisState.ts): of two gateways
+// taking the same code at once, one writes; the other reads again and then
+// rides the linger the first one started, or refuses a replay. Nothing is
+// granted before Redis has the change.
+//
+// A lingering request costs no round trip: each gateway caches the records it
+// read or wrote, and drops a token's record when Redis announces a newer
+// version of it (the compare-and-set script publishes every write). Credentials
+// that rode once ride again while the cached record still says they linger.
+//
+// While Redis cannot be reached, fresh logins, logouts and refusals get 503 (an
+// unknown login too: nothing tells it apart); sessions this gateway saw
+// lingering ride on for state.lingerWhileDown seconds, then 503 too.
+import type { Logger } from 'pino';
+import { LRUCache } from 'lru-cache';
+import { decide, decoyCheck, isLocked, type Policy, type TokenState, type Verdict } from './decision.js';
+import { lingerActive } from './linger.js';
+import type { StateConfig } from './config.js';
+import { RedisLink } from './redisLink.js';
+import { RedisTokenStore, type StoredRecord, type ThrottleEvent } from './redisState.js';
+import { effectiveState, storedOf, type StoredState } from './sharedState.js';
+import {
+  checkPin, DECOY_PIN, hashedTokensOf, hmacPads, LINGER, lingerKeyOf, UNAVAILABLE, unknownLogin, verifiedPinsOf,
+  type FileSafety, type Outcome, type WriteObserver,
+} from './usersFile.js';
+import { UsersFileWatch } from './usersFileWatch.js';
+import { tokenAt } from './usersFileFormat.js';
+import type { SharedStatus, UserStore } from './userStore.js';
+import { randomBytes } from 'node:crypto';
+
+export interface RedisUsersOptions {
+  readonly path: string;
+  readonly policy: Policy;
+  readonly state: StateConfig;
+  readonly log: Logger;
+  readonly clock?: () => number;
+  readonly pollMs?: number;
+  readonly safety?: FileSafety;
+}
+
+/** A cached record: `state` undefined when only its newer version is known (read again). */
+interface Cached {
+  version: number;
+  state: StoredState | undefined;
+  /** the idle clock as last sent to Redis */
+  sharedActive?: number | undefined;
+}
+
+interface Login {
+  readonly login: string;
+  readonly password: string;
+  readonly ip: string;
+  readonly logout: boolean;
+  readonly usualIp: boolean;
+  readonly lingerKey: string;
+  readonly verifiedPins?: ReadonlySet<string> | undefined;
+}
+
+/** How often one login is decided again after losing races, before it gets 503. */
+const MAX_ATTEMPTS = 20;
+
+const outcomeOf = (v: Verdict): Outcome =>
+  (v.counted ? { granted: v.granted, reason: v.reason, counted: true } : { granted: v.granted, reason: v.reason });
+
+export class RedisUsers implements UserStore {
+  readonly path: string;
+  private policy: Policy;
+  private readonly log: Logger;
+  private readonly clock: () => number;
+  private readonly file: UsersFileWatch;
+  private readonly link: RedisLink;
+  private readonly store: RedisTokenStore;
+  private readonly lingerWhileDown: number;
+  private readonly records = new LRUCache<string, Cached>({ max: 500_000 });
+  /** see UsersFile.lingers: credentials that rode, by login and HMAC of the password, to the token key and code */
+  private readonly lingers = new LRUCache<string, { key: string; otp: string }>({ max: 100_000 });
+  private readonly lingerPads = hmacPads();
+  /** one decision per login at a time in this gateway: its own requests do not race each other */
+  private readonly turns = new Map<string, Promise<void>>();
+  /** this gateway, on the events channel */
+  private readonly id = randomBytes(8).toString('hex');
+  private conflicts = 0;
+
+  observer: WriteObserver | undefined;
+  onFailuresCleared: ((login: string, loginIp: string | undefined) => void) | undefined;
+  onPeerThrottle: ((event: ThrottleEvent) => void) | undefined;
+
+  /** Read the users file and start connecting (throws UsersFileError naming the file). */
+  constructor(options: RedisUsersOptions) {
+    this.path = options.path;
+    this.policy = options.policy;
+    this.log = options.log;
+    this.clock = options.clock ?? ((): number => Date.now() / 1000);
+    this.lingerWhileDown = options.state.lingerWhileDown;
+    this.file = new UsersFileWatch(options.path, options.safety, options.log, options.pollMs ?? 1000);
+    this.link = new RedisLink(options.state, `${options.state.keyPrefix}events`, options.log, this.clock);
+    this.store = new RedisTokenStore(this.link.client, options.state.keyPrefix);
+    this.link.onEvent = (e): void => {
+      if (e.kind === 'version') this.announced(e.key, e.version);
+      else if (e.from !== this.id) this.onPeerThrottle?.(e.event);
+    };
+    this.link.onMissed = (): void => this.records.clear();
+    this.link.connect();
+  }
+
+  get usable(): boolean { return this.file.problem === undefined; }
+  get unusableReason(): string | undefined { return this.file.problem; }
+  get userCount(): number { return this.file.model.index.size; }
+  get tokenCount(): number { return this.file.model.tokenCount; }
+  get malformedLines(): number { return this.file.model.problems.length; }
+  get lingerCount(): number { return this.lingers.size; }
+
+  get shared(): SharedStatus {
+    const down = this.link.downFor(this.clock());
+    return { up: this.link.up, downSeconds: down, lingersRide: this.link.up || down < this.lingerWhileDown, conflicts: this.conflicts };
+  }
+
+  setPolicy(policy: Policy): void { this.policy = policy; }
+  setSafety(safety: FileSafety): void { this.file.setSafety(safety); }
+  reload(): Promise<void> { return this.file.reload(); }
+  removeStaleTemp(): Promise<void> { return Promise.resolve(); } // never writes the file
+
+  async flush(): Promise<void> {
+    while (this.turns.size > 0) await Promise.allSettled([...this.turns.values()]);
+  }
+
+  async close(): Promise<void> {
+    this.file.close();
+    await this.flush();
+    await this.link.close();
+  }
+
+  knows(login: string): boolean {
+    return this.file.model.index.has(login);
+  }
+
+  /** Does a cached record of `login` say it last logged in from `ip`? (No round trip: a hint for the throttle.) */
+  lastLoggedInFrom(login: string, ip: string): boolean {
+    const lines = this.file.model.index.get(login);
+    return lines?.some((i) => this.records.peek(this.store.keyOf(tokenAt(this.file.model, i)))?.state?.lastIp === ip) ?? false;
+  }
+
+  shareThrottle(event: ThrottleEvent): void {
+    if (!this.link.commandsUp) return;
+    this.store.publishThrottle(this.id, event).catch(() => undefined);
+  }
+
+  authenticate(login: string, password: string, ip: string, logout = false, usualIp = false): Outcome | Promise<Outcome> {
+    if (this.file.problem !== undefined) return UNAVAILABLE;
+    const model = this.file.model;
+    const lines = model.index.get(login);
+    const lingerKey = lingerKeyOf(this.lingerPads, login, password);
+    if (lines === undefined || model.refused.has(login)) return this.unknown(login, password, ip, lines);
+    if (!logout && this.rideCached(lines, lingerKey, ip, this.clock())) return LINGER;
+    if (!this.link.commandsUp) return UNAVAILABLE;
+    const request: Login = { login, password, ip, logout, usualIp, lingerKey };
+    const hashed = model.hashedPins === 0 ? undefined : hashedTokensOf(model, lines);
+    const verified = model.hashedPins === 0 ? Promise.resolve(undefined)
+      : hashed === undefined ? checkPin(DECOY_PIN, password.slice(0, -6), ip).then(() => undefined)
+        : verifiedPinsOf(hashed, password, ip);
+    return verified.then((verifiedPins) => this.inTurn(login, verifiedPins === undefined ? request : { ...request, verifiedPins }));
+  }
+
+  ridesLinger(login: string, password: string, ip: string): boolean {
+    const lines = this.file.model.index.get(login);
+    return lines !== undefined && this.file.problem === undefined &&
+      this.rideCached(lines, lingerKeyOf(this.lingerPads, login, password), ip, this.clock());
+  }
+
+  /** A login not in the file: the same work and round trip as a refused known one, and 503 alike while Redis is down. */
+  private async unknown(login: string, password: string, ip: string, lines: readonly number[] | undefined): Promise<Outcome> {
+    decoyCheck(password, this.policy);
+    if (this.file.model.hashedPins > 0) await checkPin(DECOY_PIN, password.slice(0, -6), ip);
+    if (!this.link.commandsUp) return UNAVAILABLE;
+    try {
+      await this.store.readAll([this.store.decoyKeyOf(login)]);
+    } catch {
+      return UNAVAILABLE;
+    }
+    return unknownLogin(lines);
+  }
+
+  /** The same credentials rode or started this token's linger, and its cached record says it still holds for `ip`. */
+  private rideCached(lines: readonly number[], lingerKey: string, ip: string, now: number): boolean {
+    const hint = this.lingers.get(lingerKey);
+    if (hint === undefined) return false;
+    // Down for longer than lingerWhileDown: a logout elsewhere may have gone unheard.
+    if (!this.link.up && this.link.downFor(now) >= this.lingerWhileDown) return false;
+    const model = this.file.model;
+    for (const i of lines) {
+      const t = tokenAt(model, i);
+      if (this.store.keyOf(t) !== hint.key) continue;
+      const cached = this.records.get(hint.key);
+      const stored = cached?.state;
+      if (cached === undefined || stored === undefined) break;
+      const s: TokenState = { spec: t, ...stored };
+      if (s.lastOtp !== hint.otp || isLocked(s, now, this.policy) || !lingerActive(s, ip, now, this.policy)) break;
+      cached.state = { ...stored, lastActive: now };
+      this.shareIdleClock(hint.key, cached, now);
+      return true;
+    }
+    this.lingers.delete(lingerKey);
+    return false;
+  }
+
+  /**
+   * With maxIdle, the other gateways judge idleness by Redis's clock: it moves
+   * forward in steps of a tenth of maxIdle (1-30 s), not at every request. A
+   * gateway whose cached clock says idle reads Redis again before refusing.
+   */
+  private shareIdleClock(key: string, cached: Cached, now: number): void {
+    const idle = this.policy.maxIdle;
+    if (idle === undefined || !this.link.commandsUp) return;
+    const step = Math.min(30, Math.max(1, idle / 10));
+    const last = cached.sharedActive ?? cached.state?.lastTime ?? 0;
+    if (now - last < step) return;
+    cached.sharedActive = now;
+    this.store.touch(key, Math.floor(now)).catch(() => undefined);
+  }
+
+  /** Redis has a newer version of a token than what may be cached: forget the cached state. */
+  private announced(key: string, version: number): void {
+    const cached = this.records.peek(key);
+    if (cached === undefined || cached.version < version) this.records.set(key, { version, state: undefined });
+  }
+
+  /** Cache what was read or written, unless a newer version was announced meanwhile. */
+  private remember(key: string, version: number, state: StoredState | undefined): void {
+    const cached = this.records.peek(key);
+    if (cached !== undefined && cached.version > version) return;
+    this.records.set(key, { version, state, sharedActive: cached?.version === version ? cached.sharedActive : undefined });
+  }
+
+  /** Run one login's decision after the ones of the same login before it in this gateway. */
+  private inTurn(login: string, request: Login): Promise<Outcome> {
+    const before = this.turns.get(login) ?? Promise.resolve();
+    return new Promise<Outcome>((resolve) => {
+      let answered = false;
+      const answer = (o: Outcome): void => {
+        if (!answered) {
+          answered = true;
+          resolve(o);
+        }
+      };
+      const turn = before.then(() => this.decideAndWrite(request, answer)).catch((err: Error) => {
+        this.log.error({ event: 'state_store_failed', err: err.message }, `state store: could not decide a login: ${err.message}`);
+      }).finally(() => {
+        answer(UNAVAILABLE);
+        if (this.turns.get(login) === turn) this.turns.delete(login);
+      });
+      this.turns.set(login, turn);
+    });
+  }
+
+  /**
+   * Read, decide, write; again on a lost race. A refusal is answered once
+   * decided (it depends on nothing durable, and takes as long as an unknown
+   * login's); its failure count is written after. A grant or logout is
+   * answered once Redis has it.
+   */
+  private async decideAndWrite(r: Login, answer: (o: Outcome) => void): Promise<void> {
+    let answered = false;
+    for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
+      const model = this.file.model;
+      const lines = model.index.get(r.login);
+      if (lines === undefined || model.refused.has(r.login)) {
+        answer(unknownLogin(lines)); // an admin removed it meanwhile
+        return;
+      }
+      const tokens = lines.map((i) => tokenAt(model, i));
+      const keys = tokens.map((t) => this.store.keyOf(t));
+      let records: StoredRecord[];
+      try {
+        records = await this.store.readAll(keys);
+      } catch (err) {
+        this.unreachable(err);
+        return;
+      }
+      const now = this.clock();
+      const effective = tokens.map((t, k) => effectiveState(t, records[k]?.state, now, this.policy));
+      const states = effective.map((e) => e.state);
+      const usual = r.usualIp || states.some((s) => s.lastIp === r.ip);
+      const verdict = decide(states, {
+        password: r.password, ip: r.ip, now, logout: r.logout, usualIp: usual, verifiedPins: r.verifiedPins,
+      }, this.policy);
+      // Refused already, a retry may not grant (the state changed meanwhile): only failures are recorded.
+      const grants = verdict.granted || verdict.reason === 'logout';
+      if (answered && grants) return;
+      if (verdict.reason === 'linger') {
+        // Nothing to write (a linger decides nothing new; a locked line cannot linger).
+        keys.forEach((key, k) => this.remember(key, records[k]?.version ?? 0, records[k]?.state));
+        this.rode(r, keys, verdict, now);
+        answer(outcomeOf(verdict));
+        return;
+      }
+      const next = new Map<number, TokenState>();
+      effective.forEach((e, k) => { if (e.mustWrite) next.set(k, e.state); });
+      for (const [k, s] of verdict.changes) next.set(k, s);
+      if (verdict.reason === 'locked') decoyCheck(r.password, this.policy); // the work a check would have cost
+      if (next.size === 0) {
+        keys.forEach((key, k) => this.remember(key, records[k]?.version ?? 0, records[k]?.state));
+        answer(outcomeOf(verdict));
+        return;
+      }
+      if (!grants && !answered) {
+        answer(outcomeOf(verdict));
+        answered = true;
+      }
+      const writes = keys.map((key, k) => ({ key, version: records[k]?.version ?? 0, next: next.has(k) ? storedOf(next.get(k) as TokenState) : undefined }));
+      let written: boolean;
+      try {
+        written = await this.store.compareAndSetAll(writes);
+      } catch (err) {
+        // Not known whether it was written: never granted, and never taken for a refusal's count lost.
+        this.unreachable(err);
+        return;
+      }
+      if (!written) {
+        this.conflicts++;
+        continue;
+      }
+      writes.forEach((w, k) => this.remember(w.key, w.next === undefined ? w.version : w.version + 1, w.next ?? records[k]?.state));
+      if (verdict.granted && verdict.line !== undefined) {
+        const otp = verdict.changes.get(verdict.line)?.lastOtp;
+        if (otp !== undefined) this.lingers.set(r.lingerKey, { key: keys[verdict.line] as string, otp });
+      }
+      answer(outcomeOf(verdict));
+      return;
+    }
+    this.log.warn({ event: 'state_store_contention', user: r.login }, 'state store: a login lost too many races in a row; answered 503');
+  }
+
+  /** A linger decided after a read: remember the credentials, move the idle clock here. */
+  private rode(r: Login, keys: readonly string[], verdict: Verdict, now: number): void {
+    const line = verdict.line as number;
+    const key = keys[line] as string;
+    const s = verdict.changes.get(line);
+    if (s?.lastOtp === undefined) return;
+    this.lingers.set(r.lingerKey, { key, otp: s.lastOtp });
+    const cached = this.records.peek(key);
+    if (cached?.state !== undefined) {
+      cached.state = { ...cached.state, lastActive: now };
+      this.shareIdleClock(key, cached, now);
+    }
+  }
+
+  private unreachable(err: unknown): void {
+    this.log.warn({ event: 'state_store_error', err: (err as Error).message }, `state store: ${(err as Error).message}; answered 503`);
+  }
+}
