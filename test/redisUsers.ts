@@ -10,6 +10,8 @@ import { Redis } from 'ioredis';
 import { basic, request, rfcHotp, rfcTotp, secret, secretKey, type Reply } from './lib/harness.js';
 import { startGateway, type Gw } from './lib/gateway.js';
 import { startRedis, type RedisServer } from './lib/redis.js';
+import { RedisTokenStore } from '../src/redisState.js';
+import { parseLine } from '../src/usersFileFormat.js';
 
 type Test = Parameters<Parameters<typeof t.test>[0]>[0];
 
@@ -131,4 +133,177 @@ t.test('one user\'s codes raced at three gateways: each code consumed at most on
   t.teardown(() => { client.disconnect(); });
   const [name] = await client.keys('otpgate:token:*');
   t.equal(Number(await client.hget(name as string, 'c')), Math.max(...granted) + 1, 'counter one past the highest code granted');
+});
+
+/** Wait (bounded) until `check` holds. */
+async function until(check: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 300; i++) {
+    if (check()) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+t.test('throttling counts failures across gateways', async (t) => {
+  const { users } = hotpUsers(2);
+  const { gws: [a, b, c] = [] } = await gateways(t, users, 3, {
+    maxFailures: 5, throttle: { pair: { free: 2, baseSeconds: 60 }, account: { free: 100 }, ip: { free: 100 } },
+  });
+  if (!a || !b || !c) throw new Error('three gateways');
+  const wrong = `${PIN}000000`;
+  // Three guesses at u0, one per gateway: every gateway counts all three.
+  for (const [k, gw] of [a, b, c].entries()) {
+    t.equal((await login(gw, 'u0', wrong)).status, 401, `guess ${k + 1} on gateway ${'ABC'[k]}`);
+    await until(() => [a, b, c].every((g) => g.running.gateway.throttle.size >= 2), 'every gateway to count the guess');
+  }
+  const throttled = await login(a, 'u0', wrong);
+  t.equal(throttled.status, 429, 'the fourth guess waits, on any gateway');
+  t.equal((await login(b, 'u0', wrong)).status, 429);
+  t.ok(Number(throttled.headers['retry-after']) > 0, 'with Retry-After');
+});
+
+t.test('a lock counts failures on every gateway exactly (in Redis)', async (t) => {
+  const { users, keys } = hotpUsers(2);
+  const { gws: [a, b, c] = [] } = await gateways(t, users, 3, {
+    maxFailures: 5, throttle: { pair: { free: 100 }, account: { free: 100 }, ip: { free: 100 } },
+  });
+  if (!a || !b || !c) throw new Error('three gateways');
+  for (const [k, gw] of [a, b, c, a, b].entries()) {
+    t.equal((await login(gw, 'u1', `${PIN}${String(111111 * (k + 1)).slice(0, 6)}`)).status, 401);
+  }
+  const right = `${PIN}${rfcHotp(keys[1] as string, 0)}`;
+  t.equal((await login(c, 'u1', right)).status, 401, 'five failures on three gateways lock u1: the right code is refused');
+  t.same(c.logs.lines.filter((l) => l.event === 'auth' && l.user === 'u1').map((l) => l.reason).at(-1), 'locked');
+});
+
+t.test('a time token: used on A, a replay on B once the linger is over', async (t) => {
+  const key = secretKey(randomBytes(20).toString('hex'));
+  const { gws: [a, b] = [], clock } = await gateways(t, `HOTP/T30 tina ${PIN} ${key} 0\n`, 2, { maxLinger: 60 });
+  if (!a || !b) throw new Error('two gateways');
+  const pw = `${PIN}${rfcTotp(key, clock.now)}`;
+  t.equal((await login(a, 'tina', pw)).status, 200);
+  t.equal((await login(b, 'tina', pw)).status, 200, 'rides on B');
+  clock.now += 61;
+  t.equal((await login(b, 'tina', pw)).status, 401, 'a replay on B after the linger (its step is within the window still)');
+  t.equal((await login(b, 'tina', `${PIN}${rfcTotp(key, clock.now)}`)).status, 200, 'the current code');
+});
+
+t.test('switching from the file: Redis starts from the file\'s counters, never goes below what it has, and a file ahead wins', async (t) => {
+  const key = secretKey(randomBytes(20).toString('hex'));
+  const code = (c: number): string => `${PIN}${rfcHotp(key, c)}`;
+  const { gws: [a] = [], redis } = await gateways(t, `HOTP ann ${PIN} ${key} 5\n`, 1, { maxLinger: 0 });
+  if (!a) throw new Error('a gateway');
+  t.equal((await login(a, 'ann', code(4))).status, 401, 'a code before the file\'s counter: used under the file store');
+  t.equal((await login(a, 'ann', code(6))).status, 200, 'the file\'s counter goes on in Redis');
+  // The file on disk is never written in this mode.
+  t.equal(readFileSync(a.usersPath, 'utf8'), `HOTP ann ${PIN} ${key} 5\n`, 'the users file unchanged');
+  // A copy of the file behind Redis (an old backup, a gateway's stale copy): Redis's counter holds.
+  writeFileSync(a.usersPath, `HOTP ann ${PIN} ${key} 2\n`);
+  await a.running.users.reload();
+  t.equal((await login(a, 'ann', code(3))).status, 401, 'a file behind Redis lowers nothing');
+  // A file ahead (a gateway ran on the file meanwhile, then the file was copied here): the file wins.
+  writeFileSync(a.usersPath, `HOTP ann ${PIN} ${key} 12\n`);
+  await a.running.users.reload();
+  t.equal((await login(a, 'ann', code(9))).status, 401, 'a code the file store consumed meanwhile is refused');
+  t.equal((await login(a, 'ann', code(12))).status, 200);
+  const client = new Redis(redis.url);
+  t.teardown(() => { client.disconnect(); });
+  const [name] = await client.keys('otpgate:token:*');
+  t.equal(await client.hget(name as string, 'c'), '13', 'Redis has the file\'s counter plus the login');
+});
+
+t.test('kill -9 and restart of redis-server during logins: no counter back, no replay granted, gateways recover by themselves', async (t) => {
+  const n = 12;
+  const { users, keys } = hotpUsers(n);
+  const { gws, redis } = await gateways(t, users, 2, { maxLinger: 0 });
+  const granted: number[][] = keys.map(() => []);
+  const statuses = new Map<number, number>();
+  let stop = false;
+  const worker = async (u: number): Promise<void> => {
+    let c = 0;
+    for (let i = 0; !stop && i < 2000; i++) {
+      const r = await login(gws[i % 2] as Gw, `u${u}`, `${PIN}${rfcHotp(keys[u] as string, c)}`);
+      statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
+      if (r.status === 200) granted[u]?.push(c);
+      // 401: the code was consumed by a write whose answer was lost with the connection (a 503): the next one.
+      if (r.status === 200 || r.status === 401) c++;
+      else await new Promise((res) => setTimeout(res, 20));
+    }
+  };
+  const running = keys.map((_k, u) => worker(u));
+  await new Promise((r) => setTimeout(r, 300));
+  await redis.kill();
+  await new Promise((r) => setTimeout(r, 300));
+  await redis.restart();
+  for (const gw of gws) await connected(gw);
+  const after = granted.map((g) => g.length);
+  await until(() => granted.every((g, u) => g.length > (after[u] ?? 0)), 'every user to log in again after the restart');
+  stop = true;
+  await Promise.all(running);
+  t.ok((statuses.get(503) ?? 0) > 0, `some logins got 503 while Redis was down (${JSON.stringify([...statuses])})`);
+  t.same([...statuses.keys()].filter((s) => ![200, 401, 503].includes(s)), [], 'nothing but 200, 401 and 503');
+  const client = new Redis(redis.url);
+  t.teardown(() => { client.disconnect(); });
+  for (let u = 0; u < n; u++) {
+    const g = granted[u] as number[];
+    t.ok(g.every((c, k) => k === 0 || c > (g[k - 1] as number)), `u${u}: no code granted twice, none out of order`);
+    const last = g.at(-1) as number;
+    t.equal((await login(gws[0] as Gw, `u${u}`, `${PIN}${rfcHotp(keys[u] as string, last)}`)).status, 401, `u${u}: its last code is a replay`);
+  }
+  // Every acknowledged write survived the kill (appendfsync always): no counter below what was granted.
+  const store = new RedisTokenStore(client, 'otpgate:');
+  for (let u = 0; u < n; u++) {
+    const parsed = parseLine(`HOTP u${u} ${PIN} ${keys[u] as string} 0`, 1);
+    if (parsed.kind !== 'token') throw new Error('token line');
+    const { state } = await store.read(parsed.token);
+    t.ok((state?.counter ?? 0) >= ((granted[u] as number[]).at(-1) as number) + 1, `u${u}: Redis's counter past its last granted code`);
+  }
+});
+
+t.test('Redis stopped: 503 with a page for fresh logins, lingers ride for lingerWhileDown, health and metrics say so; back: logins go on', async (t) => {
+  const { users, keys } = hotpUsers(2);
+  const { gws: [a] = [], redis, clock } = await gateways(t, users, 1, { metricsListen: '127.0.0.1:0', state: { lingerWhileDown: 60 } });
+  if (!a) throw new Error('a gateway');
+  const metric = async (name: string): Promise<string | undefined> => {
+    const port = a.running.metricsAddress?.port;
+    const text = (await request(port as number, { path: '/metrics' })).body.toString();
+    return new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1];
+  };
+  const lingering = `${PIN}${rfcHotp(keys[0] as string, 0)}`;
+  t.equal((await login(a, 'u0', lingering)).status, 200, 'u0 logs in before the outage');
+  t.equal(await metric('otpgate_state_store_up'), '1');
+  await redis.kill();
+  await connected(a, false);
+  const fresh = await login(a, 'u1', `${PIN}${rfcHotp(keys[1] as string, 0)}`);
+  t.equal(fresh.status, 503, 'a fresh login: 503');
+  t.match(fresh.body.toString(), /cannot check logins right now/, 'with a page that says so');
+  t.equal((await login(a, 'nobody', `${PIN}123456`)).status, 503, 'an unknown login alike');
+  t.equal((await login(a, 'u0', lingering)).status, 200, 'a session seen lingering rides on');
+  t.ok(a.logs.lines.some((l) => l.event === 'state_store_down' && l.level === 50), 'an error line in the log');
+  const health = await request(a.port, { path: '/otpgate/health' });
+  t.equal(health.status, 200);
+  t.match(JSON.parse(health.body.toString()), { status: 'degraded', state: { store: 'redis', connected: false } });
+  t.equal(await metric('otpgate_state_store_up'), '0');
+  clock.now += 61;
+  t.equal((await login(a, 'u0', lingering)).status, 503, 'after lingerWhileDown, the linger too');
+  t.equal((await request(a.port, { path: '/otpgate/health' })).status, 503, 'health: 503');
+  await redis.restart();
+  await connected(a);
+  t.equal((await login(a, 'u1', `${PIN}${rfcHotp(keys[1] as string, 0)}`)).status, 200, 'back: a fresh login');
+  t.equal((await login(a, 'u0', lingering)).status, 200, 'and the linger (its record read again)');
+  t.ok(a.logs.lines.some((l) => l.event === 'state_store_up'), 'the log says it is back');
+  t.match(JSON.parse((await request(a.port, { path: '/otpgate/health' })).body.toString()), { status: 'ok', state: { connected: true } });
+});
+
+t.test('lingerWhileDown 0: while Redis is down, lingers get 503 too (fail closed at once)', async (t) => {
+  const { users, keys } = hotpUsers(1);
+  const { gws: [a] = [], redis } = await gateways(t, users, 1, { state: { lingerWhileDown: 0 } });
+  if (!a) throw new Error('a gateway');
+  const pw = `${PIN}${rfcHotp(keys[0] as string, 0)}`;
+  t.equal((await login(a, 'u0', pw)).status, 200);
+  t.equal((await login(a, 'u0', pw)).status, 200, 'rides');
+  await redis.kill();
+  await connected(a, false);
+  t.equal((await login(a, 'u0', pw)).status, 503, 'the linger: 503');
+  t.equal((await request(a.port, { path: '/otpgate/health' })).status, 503, 'health: 503 at once');
 });

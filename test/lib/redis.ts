@@ -31,7 +31,7 @@ export async function startRedis(t: { teardown(fn: () => void | Promise<void>): 
   };
   const kill = async (): Promise<void> => {
     const proc = child;
-    if (proc === undefined || proc.exitCode !== null) return;
+    if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) return;
     const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
     proc.kill('SIGKILL');
     await exited;
