@@ -193,3 +193,34 @@ routes:
     ], 'all at once, one line each');
   }
 });
+
+t.test('state: file by default; redis needs a URL; every problem named', async (t) => {
+  const base = 'upstream: http://127.0.0.1:1\nusersFile: users\n';
+  const plain = parseConfig(base, 'c.yaml', '/etc/otpgate');
+  if (!plain.ok) throw new Error(plain.errors.join('\n'));
+  t.match(plain.config.state, { store: 'file', keyPrefix: 'otpgate:', lingerWhileDown: 60, commandTimeout: 2, redis: undefined });
+  const redis = parseConfig(`${base}state: { store: redis, url: "redis://otp:s3cr3t@10.0.0.5:6380/3", tls: { ca: ca.pem } }\n`, 'c.yaml', '/etc/otpgate');
+  t.match(redis, { ok: false, errors: ['c.yaml: state.tls: only with a rediss:// URL'] });
+  const tls = parseConfig(`${base}state: { store: redis, url: "rediss://otp:s3cr3t@10.0.0.5:6380/3", tls: { ca: ca.pem } }\n`, 'c.yaml', '/etc/otpgate');
+  if (!tls.ok) throw new Error(tls.errors.join('\n'));
+  t.match(tls.config.state, {
+    store: 'redis', url: 'rediss://otp:***@10.0.0.5:6380/3', tls: { ca: '/etc/otpgate/ca.pem' },
+    redis: { server: { host: '10.0.0.5', port: 6380 }, db: 3, password: 's3cr3t', tls: true },
+  }, 'the URL for messages has no password; TLS files relative to the config');
+  const bad = parseConfig(`${base}state: { store: redis, keyPrefix: "a b", lingerWhileDown: -1, color: red }\n`, 'c.yaml', '/etc/otpgate');
+  t.match(bad, { ok: false });
+  if (bad.ok) return;
+  t.same(bad.errors, [
+    'c.yaml: state.keyPrefix: expected 1-64 printable ASCII characters without spaces',
+    'c.yaml: state.lingerWhileDown: expected a number of seconds',
+    'c.yaml: state.color: unknown key',
+  ], 'all at once, each naming its key');
+  const missing = parseConfig(`${base}state: { store: redis, keyPrefix: "p:" }\n`, 'c.yaml', '/etc/otpgate');
+  t.match(missing, { ok: false, errors: [/^c\.yaml: state\.url: required with store: redis/] });
+  const wrong = parseConfig(`${base}state: { store: redis, url: "redis://a,b" }\n`, 'c.yaml', '/etc/otpgate');
+  t.match(wrong, { ok: false, errors: [/^c\.yaml: state\.url: .*several only with redis\+sentinel/] });
+  const fileWithUrl = parseConfig(`${base}state: { url: "redis://h" }\n`, 'c.yaml', '/etc/otpgate');
+  t.match(fileWithUrl, { ok: false, errors: ['c.yaml: state.url: only with store: redis'] });
+  const half = parseConfig(`${base}state: { store: redis, url: "rediss://h", tls: { cert: c.pem } }\n`, 'c.yaml', '/etc/otpgate');
+  t.match(half, { ok: false, errors: ['c.yaml: state.tls: cert and key go together'] });
+});
