@@ -92,6 +92,9 @@ const state = z.strictObject({
   lingerWhileDown: seconds(0).max(3600).default(60),
   // A Redis command not answered in this time fails (the login gets 503).
   commandTimeout: z.number().positive().max(60).default(2),
+  // Replicas that must have a login's write before it is granted (Redis WAIT):
+  // with Sentinel, 1 or more keeps a failover from losing a used code.
+  waitReplicas: z.number().int('expected a whole number').min(0).max(10).default(0),
 }).prefault({});
 
 const schema = z.strictObject({

@@ -175,6 +175,11 @@ export class RedisTokenStore {
     return (await this.scripts.otpgateCompareAndSet(lines.length, ...lines.map((l) => l.key), this.channel, ...args)) === 1;
   }
 
+  /** Wait until `replicas` replicas have every write of this connection so far; how many did. */
+  async replicated(replicas: number, timeoutMs: number): Promise<number> {
+    return this.redis.wait(replicas, timeoutMs);
+  }
+
   /** Move a token's idle clock forward to `at` (epoch seconds). */
   async touch(key: string, at: number): Promise<void> {
     await this.scripts.otpgateTouch(key, String(at));

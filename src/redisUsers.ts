@@ -77,6 +77,8 @@ export class RedisUsers implements UserStore {
   private readonly link: RedisLink;
   private readonly store: RedisTokenStore;
   private readonly lingerWhileDown: number;
+  private readonly waitReplicas: number;
+  private readonly commandTimeoutMs: number;
   private readonly records = new LRUCache<string, Cached>({ max: 500_000 });
   /** see UsersFile.lingers: credentials that rode, by login and HMAC of the password, to the token key and code */
   private readonly lingers = new LRUCache<string, { key: string; otp: string }>({ max: 100_000 });
@@ -98,6 +100,8 @@ export class RedisUsers implements UserStore {
     this.log = options.log;
     this.clock = options.clock ?? ((): number => Date.now() / 1000);
     this.lingerWhileDown = options.state.lingerWhileDown;
+    this.waitReplicas = options.state.waitReplicas;
+    this.commandTimeoutMs = options.state.commandTimeout * 1000;
     this.file = new UsersFileWatch(options.path, options.safety, options.log, options.pollMs ?? 1000);
     this.link = new RedisLink(options.state, `${options.state.keyPrefix}events`, options.log, this.clock);
     this.store = new RedisTokenStore(this.link.client, options.state.keyPrefix);
@@ -325,6 +329,7 @@ export class RedisUsers implements UserStore {
         this.conflicts++;
         continue;
       }
+      if (grants && this.waitReplicas > 0 && !(await this.replicated())) return;
       writes.forEach((w, k) => this.remember(w.key, w.next === undefined ? w.version : w.version + 1, w.next ?? records[k]?.state));
       if (verdict.granted && verdict.line !== undefined) {
         const otp = verdict.changes.get(verdict.line)?.lastOtp;
@@ -348,6 +353,20 @@ export class RedisUsers implements UserStore {
       cached.state = { ...cached.state, lastActive: now };
       this.shareIdleClock(key, cached, now);
     }
+  }
+
+  /** A grant waits until enough replicas have it (state.waitReplicas): a failover then cannot bring its code back. */
+  private async replicated(): Promise<boolean> {
+    try {
+      // Below commandTimeout: WAIT itself must answer before the client gives up on it.
+      const acked = await this.store.replicated(this.waitReplicas, Math.max(1, this.commandTimeoutMs - 250));
+      if (acked >= this.waitReplicas) return true;
+      this.log.warn({ event: 'state_store_replicas', acked, wanted: this.waitReplicas },
+        `state store: ${acked} of ${this.waitReplicas} replicas have the login's write; answered 503`);
+    } catch (err) {
+      this.unreachable(err);
+    }
+    return false;
   }
 
   private unreachable(err: unknown): void {

@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
 import { basic, request, rfcHotp, rfcTotp, secret, secretKey, type Reply } from './lib/harness.js';
 import { startGateway, type Gw } from './lib/gateway.js';
-import { startRedis, type RedisServer } from './lib/redis.js';
+import { startRedis, startSentinel, type RedisServer } from './lib/redis.js';
 import { RedisTokenStore } from '../src/redisState.js';
 import { parseLine } from '../src/usersFileFormat.js';
 
@@ -306,4 +306,45 @@ t.test('lingerWhileDown 0: while Redis is down, lingers get 503 too (fail closed
   await connected(a, false);
   t.equal((await login(a, 'u0', pw)).status, 503, 'the linger: 503');
   t.equal((await request(a.port, { path: '/otpgate/health' })).status, 503, 'health: 503 at once');
+});
+
+t.test('Sentinel: the gateway finds the master, follows a failover, and a used code stays used (waitReplicas 1)', async (t) => {
+  const master = await startRedis(t);
+  // Two replicas: after the failover the new master still has one to WAIT for.
+  const replicas = [await startRedis(t, { replicaOf: master.port }), await startRedis(t, { replicaOf: master.port })];
+  const clients = replicas.map((r) => new Redis(r.url));
+  t.teardown(() => { clients.forEach((c) => c.disconnect()); });
+  for (const c of clients) {
+    for (let i = 0; i < 200 && !/master_link_status:up/.test(await c.info('replication')); i++) await new Promise((r) => setTimeout(r, 25));
+  }
+  // Started once the replica is attached: its first look at the master finds the replica.
+  const sentinel = await startSentinel(t, master.port, 'helpdesk');
+  const { users, keys } = hotpUsers(1);
+  const code = (c: number): string => `${PIN}${rfcHotp(keys[0] as string, c)}`;
+  const gw = await startGateway(t, users, {
+    config: { logLevel: 'info', maxLinger: 0, state: { store: 'redis', url: `redis+sentinel://127.0.0.1:${sentinel.port}/helpdesk`, waitReplicas: 1 } },
+  });
+  await connected(gw);
+  t.equal((await login(gw, 'u0', code(0))).status, 200, 'a login through the master Sentinel named');
+  t.equal((await login(gw, 'u0', code(1))).status, 200);
+  await master.kill();
+  // Sentinel promotes the replica (down after 300 ms); the gateway asks Sentinel again and reconnects.
+  let status = 0;
+  for (let i = 0; i < 150 && status !== 200; i++) {
+    status = (await login(gw, 'u0', code(2))).status;
+    if (status !== 200) await new Promise((r) => setTimeout(r, 100));
+  }
+  t.equal(status, 200, 'logins go on after the failover');
+  const roles = await Promise.all(clients.map(async (c) => /role:master/.test(await c.info('replication'))));
+  t.equal(roles.filter(Boolean).length, 1, 'on a promoted replica');
+  t.equal((await login(gw, 'u0', code(1))).status, 401, 'a code used before the failover is still used');
+  t.equal((await login(gw, 'u0', code(2))).status, 401, 'and the one after it');
+});
+
+t.test('waitReplicas: a login no replica confirmed in time is not granted (503)', async (t) => {
+  const { users, keys } = hotpUsers(1);
+  const { gws: [a] = [] } = await gateways(t, users, 1, { state: { waitReplicas: 1, commandTimeout: 0.5 } });
+  if (!a) throw new Error('a gateway');
+  t.equal((await login(a, 'u0', `${PIN}${rfcHotp(keys[0] as string, 0)}`)).status, 503);
+  t.ok(a.logs.lines.some((l) => l.event === 'state_store_replicas' && l.acked === 0), 'the log says why');
 });
