@@ -3,7 +3,8 @@
 // so every request is a real login that otpgate must write to disk before it answers.
 // Runs as its own process so it does not share otpgate's (or run.js's) event loop.
 //
-// Input: a JSON file { url, warmSeconds, seconds, users: [{ login, pin, keyHex, counter }] }.
+// Input: a JSON file { url, warmSeconds, seconds, users: [{ login, pin, keyHex, counter, url? }] };
+// a user's own url (rows f: clients split across gateways) overrides the plan's.
 // Output: one JSON line on stdout (see report()).
 import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
@@ -13,9 +14,9 @@ const plan = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const REQUEST_TIMEOUT_MS = 30_000;
 
 /** One GET with this Authorization; resolves to { status } or { error }. */
-function send(agent, authorization) {
+function send(url, agent, authorization) {
   return new Promise((resolve) => {
-    const req = request(plan.url, { agent, headers: { authorization } }, (res) => {
+    const req = request(url, { agent, headers: { authorization } }, (res) => {
       res.resume(); // read the body so the connection can be reused
       res.on('end', () => resolve({ status: res.statusCode }));
       res.on('error', (err) => resolve({ error: err.code ?? err.message }));
@@ -42,13 +43,16 @@ let measuredOk = 0;
 async function client(user) {
   const agent = new Agent({ keepAlive: true, maxSockets: 1 });
   const key = Buffer.from(user.keyHex, 'hex');
+  const url = user.url ?? plan.url;
   let counter = user.counter;
   let ok = 0;
+  let requests = 0;
   while (performance.now() < stopAt) {
     const authorization = basicAuth(user.login, user.pin + hotp(key, counter));
     const t0 = performance.now();
-    const result = await send(agent, authorization);
+    const result = await send(url, agent, authorization);
     const t1 = performance.now();
+    requests++;
     const measured = t1 >= measureFrom && t1 <= stopAt;
     if (result.status !== undefined) statuses[result.status] = (statuses[result.status] ?? 0) + 1;
     else errors[result.error] = (errors[result.error] ?? 0) + 1;
@@ -64,7 +68,7 @@ async function client(user) {
     }
   }
   agent.destroy();
-  return { login: user.login, startCounter: user.counter, ok, nextCounter: counter };
+  return { login: user.login, url, startCounter: user.counter, ok, requests, nextCounter: counter };
 }
 
 function percentile(sorted, p) {

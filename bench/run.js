@@ -7,7 +7,16 @@
 //   (c) otpgate, a lingering login (the same valid Authorization on every request)
 //   (d) otpgate, fresh logins: a new valid code on every request, one client per user
 // each for a users file of 10 users and one of 100,000 (the users who log in are
-// the last lines of the file). Results go to stdout and bench/results/latest.json.
+// the last lines of the file). Then the shared-state mode, store: redis, on one
+// redis-server of our own, with a users file of 1,000 users (each gateway its own copy):
+//   (d) fresh logins on the file store for that file too, as the baseline of (e)
+//   (e) fresh logins, store: redis, one gateway
+//   (f) fresh logins, store: redis, two gateways sharing the Redis, the same
+//       clients split evenly across them: what a second gateway adds
+//   (g) lingering, store: redis, through one gateway and through two at once,
+//       measured interleaved with the yardstick (b) again
+// Without redis-server the store: redis rows are skipped (logged, and said in the report).
+// Results go to stdout and bench/results/latest.json.
 //
 // Rows (a)-(c) are measured interleaved, in rounds (see measureInterleaved):
 // the machine's throughput drifts by tens of percent within a minute.
@@ -15,10 +24,11 @@
 // Environment: BENCH_SECONDS (measured seconds per row, default 10),
 // BENCH_ROUNDS (rounds rows a-c are split into, default 5),
 // BENCH_WARMUP (seconds, default 2), BENCH_BACKEND=node (use the Node fallback
-// backend instead of nginx, to test that path), BENCH_PROFILE=1 (run every otpgate under
+// backend instead of nginx, to test that path), BENCH_REDIS=off (skip the store: redis rows, as
+// without redis-server: a shorter run, and a test of that path), BENCH_PROFILE=1 (run every otpgate under
 // `node --cpu-prof`: profiles in bench/results/profiles/, summaries on stderr and in latest.json;
 // the profiler slows otpgate down, so the targets are not judged in such a run).
-import { chmodSync, copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,6 +37,7 @@ import { loginOnce, startGateway } from './lib/gateway.mjs';
 import { selfTestHotp } from './lib/hotp.mjs';
 import { cleanupAll, installCleanupHandlers, makeTempDir, spawnTracked, startNodeServer, stopChild } from './lib/processes.mjs';
 import { ensureCommand } from './lib/tools.mjs';
+import { findRedisServer, readRedisCounters, startRedisServer } from './lib/redis.mjs';
 import { readCounters, writeUsersFile } from './lib/usersFile.mjs';
 import { measureInterleaved, WRK_CONNECTIONS, WRK_THREADS } from './lib/wrk.mjs';
 import { formatProfileSummary, summariseProfile } from './profile-summary.mjs';
@@ -38,6 +49,9 @@ const WARM_SECONDS = Number(process.env.BENCH_WARMUP ?? 2);
 const PROFILE = process.env.BENCH_PROFILE === '1';
 const SMALL = 10;
 const LARGE = 100_000;
+// The store: redis rows' file: the mode is for sites big enough to run several
+// gateways; with 1,000 users the file is not what is measured (see (c) 10 vs 100,000).
+const MID = 1_000;
 const FRESH_CLIENTS = 50;
 const RESULTS_DIR = fileURLToPath(new URL('./results/', import.meta.url));
 const PROFILE_DIR = join(RESULTS_DIR, 'profiles');
@@ -134,12 +148,15 @@ async function lingeringPhase(ctx, files) {
   return { rows, profiles };
 }
 
-/** Row (d): the Node load client in its own process, one keep-alive connection per user. */
-async function runFreshLoginClient(file, gateway, counters) {
+/**
+ * Rows (d)-(f): the Node load client in its own process, one keep-alive connection per user;
+ * with several gateways (f) user i goes to gateway i mod n, so the clients split evenly.
+ */
+async function runFreshLoginClient(file, gateways, counters) {
   const planFile = join(file.dir, 'fresh-plan.json');
   writeFileSync(planFile, JSON.stringify({
-    url: gateway.url, warmSeconds: WARM_SECONDS, seconds: SECONDS,
-    users: file.active.map((u) => ({ ...u, counter: counters.get(u.login) })),
+    url: gateways[0].url, warmSeconds: WARM_SECONDS, seconds: SECONDS,
+    users: file.active.map((u, i) => ({ ...u, counter: counters.get(u.login), url: gateways[i % gateways.length].url })),
   }));
   const script = fileURLToPath(new URL('./fresh-login-client.mjs', import.meta.url));
   let result;
@@ -172,7 +189,7 @@ async function freshLoginRow(ctx, file) {
   const gateway = await startGateway(gatewayOptions(ctx, file, name, 'warn'));
   const before = readCounters(file.path);
   log(`measuring fresh logins, ${file.active.length} clients (${WARM_SECONDS}s warm-up + ${SECONDS}s) ...`);
-  const fresh = await runFreshLoginClient(file, gateway, before);
+  const fresh = await runFreshLoginClient(file, [gateway], before);
   // Profiles are only written on a graceful stop; otherwise kill (see checkCounters).
   await (PROFILE ? gateway.stop() : gateway.kill());
   const counterCheck = checkCounters(fresh.perUser, before, readCounters(file.path));
@@ -184,6 +201,145 @@ async function freshLoginRow(ctx, file) {
       statuses: fresh.statuses, errors: fresh.errors, counterCheck,
     },
     profile: profileSummaryOf(name, Object.values(fresh.statuses).reduce((n, k) => n + k, 0)),
+  };
+}
+
+/** otpgate's state config for a gateway on the bench's redis-server (keyPrefix: the default, otpgate:). */
+const redisState = (redis) => ({ store: 'redis', url: redis.url });
+
+/**
+ * Rows (e) and (f): fresh logins through `gatewayCount` gateways, store: redis,
+ * each on its own copy of a new 1,000-user file (new keys: Redis holds nothing
+ * for these users yet, so every counter starts at the file's 0). Gateways are
+ * SIGKILLed after the load as in (d); the counters are read from Redis later
+ * (checkRedisCounters), after redis-server itself was SIGKILLed and restarted.
+ */
+async function freshRedisRow(ctx, redis, id, gatewayCount) {
+  const file = prepareUsersFile(MID);
+  const files = [file];
+  while (files.length < gatewayCount) files.push(prepareUsersFile(MID, file));
+  const gateways = [];
+  for (const [i, f] of files.entries()) {
+    const name = `fresh-redis-${i + 1}-of-${gatewayCount}`;
+    log(`starting otpgate ${i + 1}/${gatewayCount}, store: redis, on a copy of the ${MID}-user file for fresh logins ...`);
+    gateways.push({ name, gateway: await startGateway({ ...gatewayOptions(ctx, f, name, 'warn'), state: redisState(redis) }) });
+  }
+  const before = readCounters(file.path);
+  const contents = files.map((f) => readFileSync(f.path));
+  log(`measuring fresh logins, store: redis, ${file.active.length} clients on ${gatewayCount} gateway(s) ` +
+    `(${WARM_SECONDS}s warm-up + ${SECONDS}s) ...`);
+  const fresh = await runFreshLoginClient(file, gateways.map((g) => g.gateway), before);
+  await Promise.all(gateways.map((g) => (PROFILE ? g.gateway.stop() : g.gateway.kill())));
+  // store: redis never writes the users file: every copy must be as it was.
+  const usersFilesUntouched = files.every((f, i) => readFileSync(f.path).equals(contents[i]));
+  const profiles = {};
+  for (const g of gateways) {
+    const requests = fresh.perUser.filter((u) => u.url === g.gateway.url).reduce((n, u) => n + u.requests, 0);
+    profiles[g.name] = profileSummaryOf(g.name, requests);
+  }
+  return {
+    row: {
+      id, label: `otpgate, fresh logins, store: redis, ${['one gateway', 'two gateways'][gatewayCount - 1] ?? `${gatewayCount} gateways`} ` +
+        `(${fresh.clients} clients${gatewayCount === 1 ? '' : ' split evenly'})`,
+      users: file.total, logLevel: 'warn', store: 'redis', gateways: gatewayCount,
+      load: `node client, ${fresh.clients} keep-alive connections`, startupMs: Math.max(...gateways.map((g) => g.gateway.startupMs)),
+      rps: fresh.rps, p50Ms: fresh.p50Ms, p99Ms: fresh.p99Ms, ok: fresh.measuredOk, durationS: fresh.durationS,
+      statuses: fresh.statuses, errors: fresh.errors, usersFilesUntouched,
+    },
+    profiles,
+    check: { file, perUser: fresh.perUser, before },
+  };
+}
+
+/**
+ * (e), (f): each user's counter in Redis must have moved by exactly its number
+ * of 200s, as (d) checks the file. Read after the gateways were SIGKILLed AND
+ * redis-server was SIGKILLed and restarted from its AOF: a 200 given before
+ * Redis had the change on disk would show as a counter too low. A user Redis
+ * holds nothing for has the file's counter (never logged in).
+ */
+async function checkRedisCounters(redis, freshRows) {
+  log('SIGKILL redis-server and start it again on its AOF, then read the counters ...');
+  await redis.kill();
+  await redis.restart();
+  for (const r of freshRows) {
+    const { counters, tokenKeys } = await readRedisCounters(redis.port, r.check.file.active);
+    const after = new Map([...r.check.before].map(([login, c]) => [login, counters.get(login) ?? c]));
+    r.row.counterCheck = { ...checkCounters(r.check.perUser, r.check.before, after), tokenKeysInRedis: tokenKeys };
+  }
+}
+
+/**
+ * Rows (g): one lingering login, store: redis, through one gateway, and through
+ * two at once (wrk against each, the connections split, see wrkSplit), measured
+ * interleaved with the yardstick (b) again so the ratios come from the same minutes.
+ * The login is made on the first gateway; the second rides the same credentials
+ * because the linger lives in Redis (a load balancer spreads one user's requests).
+ */
+async function lingeringRedisPhase(ctx, redis) {
+  const file = prepareUsersFile(MID);
+  const files = [file, prepareUsersFile(MID, file)];
+  const gateways = [];
+  for (const [i, f] of files.entries()) {
+    const name = `linger-redis-${i + 1}-of-2`;
+    log(`starting otpgate ${i + 1}/2, store: redis, on a copy of the ${MID}-user file for lingering ...`);
+    gateways.push({ name, gateway: await startGateway({ ...gatewayOptions(ctx, f, name, 'warn'), state: redisState(redis) }) });
+  }
+  const authorization = await loginOnce(gateways[0].gateway, lingerUserOf(file), 0);
+  // Checked once before wrk: a refusal on the second gateway would otherwise only be a count of non-200s.
+  const ride = await fetch(gateways[1].gateway.url, { headers: { authorization } });
+  await ride.arrayBuffer();
+  if (ride.status !== 200) throw new Error(`the linger made on gateway 1 answered ${ride.status} on gateway 2, expected 200`);
+  const headers = [`Authorization: ${authorization}`];
+  const targets = [
+    { key: 'b', url: ctx.yardstick.url },
+    { key: 'g-one', url: gateways[0].gateway.url, headers },
+    { key: 'g-two', urls: gateways.map((g) => g.gateway.url), headers },
+  ];
+  const results = await measureInterleaved(ctx.wrk, targets, { seconds: SECONDS, warmSeconds: WARM_SECONDS, rounds: ROUNDS, log });
+  const profiles = {};
+  for (const g of gateways) {
+    await g.gateway.stop();
+    // Per-request CPU not given: each gateway served parts of both targets.
+    profiles[g.name] = profileSummaryOf(g.name, undefined);
+  }
+  const startupMs = Math.max(...gateways.map((g) => g.gateway.startupMs));
+  const split = `2 x wrk -t${Math.max(1, Math.floor(WRK_THREADS / 2))} -c${Math.floor(WRK_CONNECTIONS / 2)} at once`;
+  const rows = [
+    { id: 'b', phase: 'g', label: 'yardstick again, interleaved with (g)', load: `wrk -t${WRK_THREADS} -c${WRK_CONNECTIONS}`, ...results.get('b') },
+    {
+      id: 'g', phase: 'g', label: 'otpgate, lingering login, store: redis, one gateway', users: MID, logLevel: 'warn',
+      store: 'redis', gateways: 1, load: `wrk -t${WRK_THREADS} -c${WRK_CONNECTIONS}`, startupMs, ...results.get('g-one'),
+    },
+    {
+      id: 'g', phase: 'g', label: 'otpgate, lingering login, store: redis, two gateways', users: MID, logLevel: 'warn',
+      store: 'redis', gateways: 2, load: split, startupMs, ...results.get('g-two'),
+    },
+  ];
+  return { rows, profiles };
+}
+
+/**
+ * Everything store: redis: (d) on the file store for the 1,000-user file, (e),
+ * (f), their counter check, (g). Skipped, with the reason, without redis-server.
+ */
+async function redisPhase(ctx) {
+  const server = findRedisServer();
+  if (!server.path) {
+    log(`SKIPPING the store: redis rows (d at ${MID} users, e, f, g): ${server.reason}`);
+    return { skipped: server.reason, rows: [], profiles: {} };
+  }
+  const redis = await startRedisServer(server.path, log);
+  const freshFile = await freshLoginRow(ctx, prepareUsersFile(MID));
+  const one = await freshRedisRow(ctx, redis, 'e', 1);
+  const two = await freshRedisRow(ctx, redis, 'f', 2);
+  await checkRedisCounters(redis, [one, two]);
+  const lingering = await lingeringRedisPhase(ctx, redis);
+  await redis.stop();
+  return {
+    redis: { version: redis.version, description: redis.description },
+    rows: [freshFile.row, one.row, two.row, ...lingering.rows],
+    profiles: { [`fresh-${MID}`]: freshFile.profile, ...one.profiles, ...two.profiles, ...lingering.profiles },
   };
 }
 
@@ -208,20 +364,25 @@ async function main() {
   const lingering = await lingeringPhase(ctx, files);
   const freshSmall = await freshLoginRow(ctx, files.small);
   const freshLarge = await freshLoginRow(ctx, files.large);
+  const redisRows = await redisPhase(ctx);
 
   await stopChild(yardstick.child);
   await stopChild(undiciYardstick.child);
   await stopChild(backend.child, 'SIGQUIT'); // nginx: graceful shutdown
-  const yardstickProfile = profileSummaryOf('yardstick', lingering.rows[1].servedRequests);
+  // The yardstick served (b) and, when it ran, (b) again with (g).
+  const yardstickServed = [lingering.rows[1], ...redisRows.rows.filter((r) => r.id === 'b')].reduce((n, r) => n + r.servedRequests, 0);
+  const yardstickProfile = profileSummaryOf('yardstick', yardstickServed);
   const [a, b, bUndici, cSmall, cLarge, cLargeInfo] = lingering.rows;
-  const rows = [a, b, bUndici, cSmall, freshSmall.row, cLarge, freshLarge.row, cLargeInfo];
+  const rows = [a, b, bUndici, cSmall, freshSmall.row, cLarge, freshLarge.row, cLargeInfo, ...redisRows.rows];
   const report = printReport({
     rows, backend, profiling: PROFILE, seconds: SECONDS, rounds: ROUNDS, warmSeconds: WARM_SECONDS,
+    redis: redisRows.skipped ? { skipped: redisRows.skipped } : redisRows.redis,
     machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, node: process.version },
   });
   const profiles = PROFILE
     ? {
       ...lingering.profiles, [`fresh-${SMALL}`]: freshSmall.profile, [`fresh-${LARGE}`]: freshLarge.profile,
+      ...redisRows.profiles,
       yardstick: yardstickProfile,
       'yardstick-undici': profileSummaryOf('yardstick-undici', bUndici.servedRequests),
     }

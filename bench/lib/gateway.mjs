@@ -3,6 +3,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { basicAuth, hotp } from './hotp.mjs';
 import { freePort, spawnTracked, stopChild, waitForHttp } from './processes.mjs';
 
@@ -12,8 +13,9 @@ const SHEBANG_FLAGS = (readFileSync(OTPGATE, 'utf8').split('\n')[0] ?? '').split
 /**
  * Start otpgate on `usersFile` in front of the backend. `profileDir` runs it
  * under `node --cpu-prof` (the profile is written when it exits on SIGTERM).
+ * `state`: otpgate's state config (store: redis), else the default file store.
  */
-export async function startGateway({ dir, name, usersFile, backendPort, logLevel, profileDir }) {
+export async function startGateway({ dir, name, usersFile, backendPort, logLevel, profileDir, state }) {
   const port = await freePort();
   const config = join(dir, `${name}.yaml`);
   // Written as JSON, which is YAML; only keys the brief's config documents.
@@ -23,6 +25,7 @@ export async function startGateway({ dir, name, usersFile, backendPort, logLevel
     usersFile,
     realm: 'bench',
     logLevel,
+    ...(state ? { state } : {}),
   }, null, 2)}\n`);
   // The node flags of bin/otpgate's shebang line, so a profiled run keeps them.
   const nodeArgs = [...SHEBANG_FLAGS,
@@ -34,6 +37,9 @@ export async function startGateway({ dir, name, usersFile, backendPort, logLevel
   });
   const started = performance.now();
   await waitForHttp(`http://127.0.0.1:${port}/otpgate/health`, child, { timeoutMs: 120_000 });
+  // With store: redis, health may answer 200 "degraded" before the link is up: measuring
+  // then would time the reconnection, not the gateway. Wait until it says connected.
+  if (state?.store === 'redis') await waitForStateConnected(`http://127.0.0.1:${port}/otpgate/health`, child);
   return {
     child,
     port,
@@ -45,6 +51,25 @@ export async function startGateway({ dir, name, usersFile, backendPort, logLevel
     /** SIGKILL: no chance to finish anything it answered for but had not yet written. */
     kill: () => stopChild(child, 'SIGKILL'),
   };
+}
+
+/** Poll the health endpoint until its JSON says `state.connected: true`. */
+async function waitForStateConnected(url, child, timeoutMs = 30_000) {
+  const started = Date.now();
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`${child.name} exited (${child.exitCode ?? child.signalCode}):\n  ${child.tail.join('\n  ')}`);
+    }
+    let body;
+    try {
+      body = await (await fetch(url)).json();
+      if (body?.state?.connected === true) return;
+    } catch { /* answered something else: poll again */ }
+    if (Date.now() - started > timeoutMs) {
+      throw new Error(`${child.name}: state store not connected within ${timeoutMs / 1000}s (health: ${JSON.stringify(body)}):\n  ${child.tail.join('\n  ')}`);
+    }
+    await sleep(50);
+  }
 }
 
 /** Log `user` in with the code for `counter`; returns the Authorization header that now lingers. */

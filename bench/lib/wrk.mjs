@@ -9,8 +9,8 @@ export const WRK_THREADS = 2;
 export const WRK_CONNECTIONS = 50;
 
 /** One wrk run; the JSON line printed by wrk-report.lua. */
-async function wrkOnce(wrk, url, seconds, headers) {
-  const args = [`-t${WRK_THREADS}`, `-c${WRK_CONNECTIONS}`, `-d${seconds}s`, '--latency', '-s', REPORT_SCRIPT];
+async function wrkOnce(wrk, url, seconds, headers, threads = WRK_THREADS, connections = WRK_CONNECTIONS) {
+  const args = [`-t${threads}`, `-c${connections}`, `-d${seconds}s`, '--latency', '-s', REPORT_SCRIPT];
   for (const header of headers) args.push('-H', header);
   args.push(url);
   let report;
@@ -21,6 +21,32 @@ async function wrkOnce(wrk, url, seconds, headers) {
   if (code !== 0 || !report) throw new Error(`wrk failed (exit ${code}):\n  ${child.tail.join('\n  ')}`);
   return report;
 }
+
+/**
+ * A target of several gateways (`urls`, rows g): one wrk per URL at once, the
+ * threads and connections split among them, so the load generator costs the
+ * same as against one target. Requests and errors add up; the duration is the
+ * longest one's (throughput is not overstated); the latency percentiles are the
+ * worst of the parts' (wrk's histograms cannot be merged from here).
+ */
+async function wrkSplit(wrk, urls, seconds, headers) {
+  const threads = Math.max(1, Math.floor(WRK_THREADS / urls.length));
+  const connections = Math.max(threads, Math.floor(WRK_CONNECTIONS / urls.length));
+  const parts = await Promise.all(urls.map((url) => wrkOnce(wrk, url, seconds, headers, threads, connections)));
+  const sum = (field) => parts.reduce((n, p) => n + p[field], 0);
+  const max = (field) => Math.max(...parts.map((p) => p[field]));
+  return {
+    requests: sum('requests'), durationUs: max('durationUs'), bytes: sum('bytes'), errorStatus: sum('errorStatus'),
+    connectErrors: sum('connectErrors'), readErrors: sum('readErrors'), writeErrors: sum('writeErrors'), timeouts: sum('timeouts'),
+    p50Us: max('p50Us'), p90Us: max('p90Us'), p99Us: max('p99Us'), meanUs: sum('meanUs') / parts.length, maxUs: max('maxUs'),
+    parts: parts.map((p, i) => ({ url: urls[i], threads, connections, requests: p.requests, durationUs: p.durationUs, errorStatus: p.errorStatus })),
+  };
+}
+
+/** A target's run: one wrk, or one per URL at once for a target of several (`urls`). */
+const runTarget = (wrk, t, seconds) => (t.urls
+  ? wrkSplit(wrk, t.urls, seconds, t.headers ?? [])
+  : wrkOnce(wrk, t.url, seconds, t.headers ?? []));
 
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -36,7 +62,7 @@ const median = (xs) => {
  * round order for every target (roundRps[i] is round i). Answers with status >= 400 (wrk's
  * errors.status) do not count as throughput; they are reported.
  *
- * targets: [{ key, url, headers }]; returns key -> result.
+ * targets: [{ key, url, headers }] or [{ key, urls, headers }] (see wrkSplit); returns key -> result.
  */
 export async function measureInterleaved(wrk, targets, { seconds, warmSeconds, rounds, log }) {
   const roundSeconds = Math.max(1, Math.round(seconds / rounds));
@@ -45,7 +71,7 @@ export async function measureInterleaved(wrk, targets, { seconds, warmSeconds, r
   if (warmSeconds > 0) {
     for (const t of targets) {
       log(`warming up ${t.key} (${warmSeconds}s) ...`);
-      warmRequests.set(t.key, (await wrkOnce(wrk, t.url, warmSeconds, t.headers ?? [])).requests);
+      warmRequests.set(t.key, (await runTarget(wrk, t, warmSeconds)).requests);
     }
   }
   for (let round = 1; round <= rounds; round++) {
@@ -53,7 +79,7 @@ export async function measureInterleaved(wrk, targets, { seconds, warmSeconds, r
     // (e.g. always runs right after nginx's own full-speed row).
     const order = targets.map((_, i) => targets[(i + round - 1) % targets.length]);
     log(`round ${round}/${rounds}: ${order.map((t) => t.key).join(', ')} (${roundSeconds}s each) ...`);
-    for (const t of order) runs.get(t.key).push(await wrkOnce(wrk, t.url, roundSeconds, t.headers ?? []));
+    for (const t of order) runs.get(t.key).push(await runTarget(wrk, t, roundSeconds));
   }
   const results = new Map();
   for (const [key, rs] of runs) {
