@@ -43,6 +43,8 @@ export class RedisLink {
   /** epoch seconds the link went down (undefined: up); starts down until first connected */
   private downSince: number | undefined;
   private subscribedOnce = false;
+  /** the down state has been logged (once per outage, also one from the start) */
+  private downLogged = false;
   private closed = false;
   /** told of every message on the channel */
   onEvent: ((e: StateEvent) => void) | undefined;
@@ -57,16 +59,21 @@ export class RedisLink {
     this.downSince = clock();
     const where = state.url ?? 'redis';
     const changed = (): void => {
+      if (this.closed) return;
       const up = this.up;
       if (up && this.downSince !== undefined) {
         this.downSince = undefined;
+        this.downLogged = false;
         this.log.info({ event: 'state_store_up', url: where }, `state store ${where} reachable: logins go on`);
-      } else if (!up && this.downSince === undefined && !this.closed) {
-        this.downSince = this.clock();
+      } else if (!up) {
+        this.downSince ??= this.clock();
+        if (this.downLogged) return;
+        this.downLogged = true;
         this.log.error({ event: 'state_store_down', url: where },
           `state store ${where} unreachable: fresh logins get 503 until it is back (lingering sessions ride on for ${state.lingerWhileDown} s)`);
       }
     };
+    this.reportDown = changed;
     for (const conn of [this.client, this.subscriber]) {
       conn.on('ready', changed);
       conn.on('close', changed);
@@ -86,9 +93,11 @@ export class RedisLink {
     });
   }
 
+  private readonly reportDown: () => void;
+
   /** Connect both (a failure is logged; reconnecting goes on by itself). */
   connect(): void {
-    this.client.connect().catch(() => undefined);
+    this.client.connect().catch(() => this.reportDown());
     this.subscriber.connect().then(() => this.subscriber.subscribe(this.channel)).catch(() => undefined);
   }
 

@@ -26,11 +26,11 @@ import { RedisLink } from './redisLink.js';
 import { RedisTokenStore, type StoredRecord, type ThrottleEvent } from './redisState.js';
 import { effectiveState, storedOf, type StoredState } from './sharedState.js';
 import {
-  checkPin, DECOY_PIN, hashedTokensOf, hmacPads, LINGER, lingerKeyOf, UNAVAILABLE, unknownLogin, verifiedPinsOf,
+  checkPin, DECOY_PIN, hashedTokensOf, hmacPads, LINGER, lingerKeyOf, tokenKey, UNAVAILABLE, unknownLogin, verifiedPinsOf,
   type FileSafety, type Outcome, type WriteObserver,
 } from './usersFile.js';
 import { UsersFileWatch } from './usersFileWatch.js';
-import { tokenAt } from './usersFileFormat.js';
+import { tokenAt, type TokenLine } from './usersFileFormat.js';
 import type { SharedStatus, UserStore } from './userStore.js';
 import { randomBytes } from 'node:crypto';
 
@@ -81,7 +81,7 @@ export class RedisUsers implements UserStore {
   private readonly commandTimeoutMs: number;
   private readonly records = new LRUCache<string, Cached>({ max: 500_000 });
   /** see UsersFile.lingers: credentials that rode, by login and HMAC of the password, to the token key and code */
-  private readonly lingers = new LRUCache<string, { key: string; otp: string }>({ max: 100_000 });
+  private readonly lingers = new LRUCache<string, { key: string; token: string; otp: string }>({ max: 100_000 });
   private readonly lingerPads = hmacPads();
   /** one decision per login at a time in this gateway: its own requests do not race each other */
   private readonly turns = new Map<string, Promise<void>>();
@@ -199,7 +199,8 @@ export class RedisUsers implements UserStore {
     const model = this.file.model;
     for (const i of lines) {
       const t = tokenAt(model, i);
-      if (this.store.keyOf(t) !== hint.key) continue;
+      // The line as it is now (its PIN too: a new PIN ends the ride, as in the file store).
+      if (tokenKey(t) !== hint.token) continue;
       const cached = this.records.get(hint.key);
       const stored = cached?.state;
       if (cached === undefined || stored === undefined) break;
@@ -299,7 +300,7 @@ export class RedisUsers implements UserStore {
       if (verdict.reason === 'linger') {
         // Nothing to write (a linger decides nothing new; a locked line cannot linger).
         keys.forEach((key, k) => this.remember(key, records[k]?.version ?? 0, records[k]?.state));
-        this.rode(r, keys, verdict, now);
+        this.rode(r, tokens, keys, verdict, now);
         answer(outcomeOf(verdict));
         return;
       }
@@ -333,7 +334,7 @@ export class RedisUsers implements UserStore {
       writes.forEach((w, k) => this.remember(w.key, w.next === undefined ? w.version : w.version + 1, w.next ?? records[k]?.state));
       if (verdict.granted && verdict.line !== undefined) {
         const otp = verdict.changes.get(verdict.line)?.lastOtp;
-        if (otp !== undefined) this.lingers.set(r.lingerKey, { key: keys[verdict.line] as string, otp });
+        if (otp !== undefined) this.lingers.set(r.lingerKey, { key: keys[verdict.line] as string, token: tokenKey(tokens[verdict.line] as TokenLine), otp });
       }
       answer(outcomeOf(verdict));
       return;
@@ -342,12 +343,12 @@ export class RedisUsers implements UserStore {
   }
 
   /** A linger decided after a read: remember the credentials, move the idle clock here. */
-  private rode(r: Login, keys: readonly string[], verdict: Verdict, now: number): void {
+  private rode(r: Login, tokens: readonly TokenLine[], keys: readonly string[], verdict: Verdict, now: number): void {
     const line = verdict.line as number;
     const key = keys[line] as string;
     const s = verdict.changes.get(line);
     if (s?.lastOtp === undefined) return;
-    this.lingers.set(r.lingerKey, { key, otp: s.lastOtp });
+    this.lingers.set(r.lingerKey, { key, token: tokenKey(tokens[line] as TokenLine), otp: s.lastOtp });
     const cached = this.records.peek(key);
     if (cached?.state !== undefined) {
       cached.state = { ...cached.state, lastActive: now };

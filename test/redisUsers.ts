@@ -348,3 +348,31 @@ t.test('waitReplicas: a login no replica confirmed in time is not granted (503)'
   t.equal((await login(a, 'u0', `${PIN}${rfcHotp(keys[0] as string, 0)}`)).status, 503);
   t.ok(a.logs.lines.some((l) => l.event === 'state_store_replicas' && l.acked === 0), 'the log says why');
 });
+
+t.test('a new PIN in the file ends the rides of the old credentials at once', async (t) => {
+  const { users, keys } = hotpUsers(1);
+  const { gws: [a] = [] } = await gateways(t, users, 1);
+  if (!a) throw new Error('a gateway');
+  const code = rfcHotp(keys[0] as string, 0);
+  t.equal((await login(a, 'u0', `${PIN}${code}`)).status, 200);
+  t.equal((await login(a, 'u0', `${PIN}${code}`)).status, 200, 'rides');
+  const pin2 = secret('n3wPinQx');
+  writeFileSync(a.usersPath, users.replace(PIN, pin2));
+  await a.running.users.reload();
+  t.equal((await login(a, 'u0', `${PIN}${code}`)).status, 401, 'the old PIN rides no more');
+  t.equal((await login(a, 'u0', `${pin2}${code}`)).status, 200, 'the new PIN with the same code rides the linger');
+});
+
+t.test('started while Redis is unreachable: says so in the log, 503 for logins, connects once Redis is there', async (t) => {
+  const redis = await startRedis(t);
+  await redis.kill();
+  const { users, keys } = hotpUsers(1);
+  const gw = await startGateway(t, users, { config: { logLevel: 'info', state: { store: 'redis', url: redis.url } } });
+  await until(() => gw.logs.lines.some((l) => l.event === 'state_store_down'), 'the down line');
+  t.equal(gw.logs.lines.filter((l) => l.event === 'state_store_down').length, 1, 'logged once, not at every retry');
+  t.equal((await login(gw, 'u0', `${PIN}${rfcHotp(keys[0] as string, 0)}`)).status, 503);
+  t.notMatch(gw.logs.text(), /\bat .*\.js:\d+/, 'no stack trace');
+  await redis.restart();
+  await connected(gw);
+  t.equal((await login(gw, 'u0', `${PIN}${rfcHotp(keys[0] as string, 0)}`)).status, 200, 'logins once it is there');
+});
