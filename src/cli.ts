@@ -44,8 +44,20 @@ export async function main(argv: readonly string[]): Promise<void> {
     .description('validate the config and its users file; print every problem; exit non-zero on any')
     .option('-c, --config <file>', 'config file (default: $OTPGATE_CONFIG, then /etc/otpgate/otpgate.yaml)')
     .action(async (opts: { config?: string }) => {
-      const { checkConfig } = await import('./serve.js');
-      const { ok, lines } = checkConfig(configFileFrom(opts.config));
+      const { checkConfig, readConfig } = await import('./serve.js');
+      const file = configFileFrom(opts.config);
+      let { ok, lines } = checkConfig(file);
+      // With store: redis, a config that is valid is also tried against Redis.
+      if (ok) {
+        const config = readConfig(file);
+        if (config.state.store === 'redis') {
+          const { checkStateStore } = await import('./stateCheck.js');
+          const found = await checkStateStore(config.state, file);
+          for (const w of found.warnings) process.stderr.write(`warning: ${w}\n`);
+          if (found.problems.length > 0) [ok, lines] = [false, found.problems];
+          else if (found.summary !== undefined) lines = [...lines, found.summary];
+        }
+      }
       (ok ? process.stdout : process.stderr).write(`${lines.join('\n')}\n`);
       process.exitCode = ok ? 0 : 2;
     });

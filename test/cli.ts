@@ -10,6 +10,8 @@ import { VERSION } from '../src/logger.js';
 import {
   request, rfcHotp, rfcTotp, secret, secretKey, spawnGateway, spawnOtpgate, startBackend, tempDir, writeFile600, type SpawnedGateway,
 } from './lib/harness.js';
+import { startRedis } from './lib/redis.js';
+import { Redis } from 'ioredis';
 
 const KEY = secretKey(randomBytes(20).toString('hex'));
 // Not a run of digits: a time or a pid in a log line cannot contain it by chance.
@@ -253,3 +255,38 @@ function base32Decode(s: string): Buffer {
   }
   return Buffer.from(out);
 }
+
+t.test('store: redis: check-config tries Redis; two real `otpgate serve` processes share a login', async (t) => {
+  const redis = await startRedis(t);
+  const backend = await startBackend(t);
+  const extra = `state: { store: redis, url: "${redis.url}" }\n`;
+  const a = project(t, `HOTP alice ${PIN} ${KEY} 0\n`, extra);
+  const b = project(t, `HOTP alice ${PIN} ${KEY} 0\n`, extra);
+  for (const p of [a, b]) writeFileSync(p.config, readFileSync(p.config, 'utf8').replace('http://127.0.0.1:9', backend.url));
+  const ok = await run(['check-config', '--config', a.config]);
+  t.equal(ok.code, 0, ok.stderr);
+  t.match(ok.stdout, /ok \(1 users, 1 tokens\)\nstate store redis:\/\/127\.0\.0\.1:\d+ reachable \(master\)/);
+  t.equal(ok.stderr, '', 'AOF with fsync always: nothing to warn about');
+  const client = new Redis(redis.url).on('error', () => undefined);
+  t.teardown(() => { client.disconnect(); });
+  await client.config('SET', 'appendfsync', 'everysec');
+  t.match((await run(['check-config', '--config', a.config])).stderr, /^warning: redis:\/\/127\.0\.0\.1:\d+: appendfsync is everysec: a crash of Redis can lose the last logins/);
+  await client.config('SET', 'appendfsync', 'always');
+  const gws = [await spawnGateway(a.config), await spawnGateway(b.config)];
+  t.teardown(() => { for (const gw of gws) gw.child.kill('SIGTERM'); });
+  const health = async (gw: SpawnedGateway): Promise<Record<string, unknown>> =>
+    JSON.parse((await request(gw.port, { path: '/otpgate/health' })).body.toString()) as Record<string, unknown>;
+  for (const gw of gws) {
+    for (let i = 0; i < 200 && (await health(gw)).status !== 'ok'; i++) await new Promise((r) => setTimeout(r, 20));
+    t.match(await health(gw), { status: 'ok', state: { store: 'redis', connected: true } });
+  }
+  const auth = { Authorization: `Basic ${Buffer.from(`alice:${password(0)}`).toString('base64')}` };
+  t.equal((await request(gws[0]?.port as number, { headers: auth })).status, 200, 'a login on A');
+  t.equal((await request(gws[1]?.port as number, { headers: auth })).status, 200, 'rides on B');
+  t.equal(readFileSync(a.usersFile, 'utf8'), `HOTP alice ${PIN} ${KEY} 0\n`, 'the users file is not written');
+  t.match(gws[0]?.logs.find((l) => l.event === 'start'), { state: redis.url });
+  await redis.kill();
+  const down = await run(['check-config', '--config', a.config]);
+  t.equal(down.code, 2);
+  t.match(down.stderr, /^.*otpgate\.yaml: state\.url: cannot reach redis:\/\/127\.0\.0\.1:\d+ \(ECONNREFUSED\)\n$/, 'one line naming the key');
+});

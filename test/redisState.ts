@@ -20,7 +20,7 @@ function token(line: string): TokenLine {
 }
 
 const client = (t: { teardown(fn: () => void | Promise<void>): void }, url: string): Redis => {
-  const redis = new Redis(url, { lazyConnect: false, maxRetriesPerRequest: 20 });
+  const redis = new Redis(url, { lazyConnect: false, maxRetriesPerRequest: 20 }).on('error', () => undefined);
   t.teardown(() => { redis.disconnect(); });
   return redis;
 };

@@ -108,7 +108,7 @@ t.test('1,000 concurrent logins across three gateways: every counter exact, no c
   t.equal(granted.length, users, 'exactly one grant per user');
   t.equal(new Set(granted.map((r) => r.user)).size, users, 'each user consumed its code once (maxLinger 0: no linger to ride)');
   t.equal(gws.reduce((n, gw) => n + gw.backend.seen.length, 0), users, 'the backends saw exactly the grants');
-  const client = new Redis(redis.url);
+  const client = new Redis(redis.url).on('error', () => undefined);
   t.teardown(() => { client.disconnect(); });
   const names = await client.keys('otpgate:token:*');
   t.equal(names.length, users, 'one record per token');
@@ -129,7 +129,7 @@ t.test('one user\'s codes raced at three gateways: each code consumed at most on
   const granted = results.filter((r) => r.status === 200).map((r) => r.c);
   t.equal(new Set(granted).size, granted.length, 'no code granted twice');
   t.ok(granted.length >= 1, 'at least one granted');
-  const client = new Redis(redis.url);
+  const client = new Redis(redis.url).on('error', () => undefined);
   t.teardown(() => { client.disconnect(); });
   const [name] = await client.keys('otpgate:token:*');
   t.equal(Number(await client.hget(name as string, 'c')), Math.max(...granted) + 1, 'counter one past the highest code granted');
@@ -206,7 +206,7 @@ t.test('switching from the file: Redis starts from the file\'s counters, never g
   await a.running.users.reload();
   t.equal((await login(a, 'ann', code(9))).status, 401, 'a code the file store consumed meanwhile is refused');
   t.equal((await login(a, 'ann', code(12))).status, 200);
-  const client = new Redis(redis.url);
+  const client = new Redis(redis.url).on('error', () => undefined);
   t.teardown(() => { client.disconnect(); });
   const [name] = await client.keys('otpgate:token:*');
   t.equal(await client.hget(name as string, 'c'), '13', 'Redis has the file\'s counter plus the login');
@@ -242,7 +242,7 @@ t.test('kill -9 and restart of redis-server during logins: no counter back, no r
   await Promise.all(running);
   t.ok((statuses.get(503) ?? 0) > 0, `some logins got 503 while Redis was down (${JSON.stringify([...statuses])})`);
   t.same([...statuses.keys()].filter((s) => ![200, 401, 503].includes(s)), [], 'nothing but 200, 401 and 503');
-  const client = new Redis(redis.url);
+  const client = new Redis(redis.url).on('error', () => undefined);
   t.teardown(() => { client.disconnect(); });
   for (let u = 0; u < n; u++) {
     const g = granted[u] as number[];
@@ -312,7 +312,7 @@ t.test('Sentinel: the gateway finds the master, follows a failover, and a used c
   const master = await startRedis(t);
   // Two replicas: after the failover the new master still has one to WAIT for.
   const replicas = [await startRedis(t, { replicaOf: master.port }), await startRedis(t, { replicaOf: master.port })];
-  const clients = replicas.map((r) => new Redis(r.url));
+  const clients = replicas.map((r) => new Redis(r.url).on('error', () => undefined));
   t.teardown(() => { clients.forEach((c) => c.disconnect()); });
   for (const c of clients) {
     for (let i = 0; i < 200 && !/master_link_status:up/.test(await c.info('replication')); i++) await new Promise((r) => setTimeout(r, 25));
