@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, constants, fchmodSync, fchownSync, fstatSync, openSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs';
 import { resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { parseConfig, type Config } from './config.js';
+import { parseConfig, type Config, type StateConfig } from './config.js';
 import type { Policy } from './decision.js';
 import { otpauthUri } from './enrolment.js';
 import { LockTimeoutError } from './fileLock.js';
@@ -17,6 +17,7 @@ import { Prompter } from './prompt.js';
 import { CliError } from './cliError.js';
 import { configFileFrom, policyOf, readConfig, safetyOf } from './configFile.js';
 import { UsersFileError, type FileSafety } from './usersFile.js';
+import type { SharedStore } from './redisAdmin.js';
 import {
   appendLines, changeLines, codesFrom, currentPosition, importPlan, linesOf, loggedOut, loginProblem, pinProblem,
   removeLines, resyncProblem, resynced, tokenAt, unlocked, userRows, type PinPolicy, type UserRow,
@@ -42,6 +43,8 @@ interface Settings {
   readonly enrolmentType: string;
   readonly issuer: string;
   readonly lockTimeoutMs: number;
+  /** store: redis: the state store the gateways share (undefined: the users file holds the state) */
+  readonly shared: StateConfig | undefined;
 }
 
 const now = (): number => Date.now() / 1000;
@@ -62,7 +65,26 @@ function settingsOf(opts: FileOptions): Settings {
     policy: policyOf(config), safety: safetyOf(config), hashPins: config.hashPins, pinPolicy: config.pinPolicy,
     enrolmentType: config.enrolment.type, issuer: config.enrolment.issuer ?? config.realm,
     lockTimeoutMs: opts.lockTimeout * 1000,
+    shared: config.state.store === 'redis' ? config.state : undefined,
   };
+}
+
+type RedisAdmin = typeof import('./redisAdmin.js');
+interface Shared { readonly store: SharedStore; readonly admin: RedisAdmin }
+
+/**
+ * Run `fn` with the state store open when the config says store: redis (else
+ * with undefined). Loaded only then: file-mode commands never load ioredis.
+ */
+async function withShared<T>(s: Settings, fn: (shared: Shared | undefined) => Promise<T>): Promise<T> {
+  if (s.shared === undefined) return fn(undefined);
+  const admin = await import('./redisAdmin.js');
+  return admin.withSharedStore(s.shared, (store) => fn(store === undefined ? undefined : { store, admin }));
+}
+
+/** store: redis: each gateway reads its own copy of the users file; an edit reaches them only when copied. */
+function copyNote(s: Settings): void {
+  if (s.shared !== undefined) note(`${s.usersFile}: store: redis: copy the users file to every gateway (each reads its own copy)`);
 }
 
 const wholeNumber = (min: number, max = Number.MAX_SAFE_INTEGER) => (text: string): number => {
@@ -278,15 +300,20 @@ export function usersCommand(prompter: Prompter): Command {
         return { model: next, result: (next.index.get(login)?.[0] ?? 0) + 1 };
       });
       out(`${login}: added to ${s.usersFile}:${line} (${typeText}, ${type.digits} digits, ${pin.field === '-' ? 'no PIN' : pin.hashed ? 'PIN hashed' : 'PIN'}${opts.verify ? ', first code verified' : ''})`);
+      copyNote(s);
     });
 
   withFileOptions(users.command('list').description('every token line: type, counter, failures, last login, locked or lingering (never keys or PINs)'))
     .option('--json', 'one JSON array, for scripts')
-    .action((opts: FileOptions & { json?: boolean }) => {
+    .action(async (opts: FileOptions & { json?: boolean }) => {
       const s = settingsOf(opts);
       const model = read(s);
       reportProblems(model, s);
-      const rows = userRows(model, now(), s.policy);
+      const rows = await withShared(s, async (r) => {
+        if (r === undefined) return userRows(model, now(), s.policy);
+        const at = now();
+        return r.admin.sharedRows(await r.admin.sharedView(r.store, model, at, s.policy), at, s.policy);
+      });
       out(opts.json ? JSON.stringify(rows.map(rowJson), null, 2) : table(rows));
     });
 
@@ -299,9 +326,15 @@ export function usersCommand(prompter: Prompter): Command {
     .option('--issuer <name>', 'issuer in the URI (default: enrolment.issuer, then realm)')
     .action(async (login: string, opts: FileOptions & { json?: boolean; uri?: boolean; qr?: boolean; yes?: boolean; issuer?: string }) => {
       const s = settingsOf(opts);
-      const model = read(s);
-      tokenLinesOf(model, s, login);
-      const rows = userRows(model, now(), s.policy, login);
+      const file = read(s);
+      tokenLinesOf(file, s, login);
+      // store: redis: each line as Redis has it (the URI's counter too).
+      const { rows, model } = await withShared(s, async (r) => {
+        if (r === undefined) return { rows: userRows(file, now(), s.policy, login), model: file };
+        const at = now();
+        const view = await r.admin.sharedView(r.store, file, at, s.policy, login);
+        return { rows: r.admin.sharedRows(view, at, s.policy, login), model: view.model };
+      });
       if (opts.json) out(JSON.stringify(rows.map(rowJson), null, 2));
       else {
         for (const r of rows) {
@@ -325,12 +358,20 @@ export function usersCommand(prompter: Prompter): Command {
   withFileOptions(users.command('remove').description('remove every line of a user').argument('<login>'))
     .action(async (login: string, opts: FileOptions) => {
       const s = settingsOf(opts);
-      const removed = await edit(s, (model) => {
-        const lines = linesOf(model, login);
-        if (lines.length === 0) throw new CliError(`${login}: no such user in ${s.usersFile}`, 1);
-        return { model: removeLines(model, new Set(lines)), result: lines.map((i) => i + 1) };
+      // store: redis: connected first, so an unreachable store changes nothing.
+      await withShared(s, async (r) => {
+        const { removed, tokens } = await edit(s, (model) => {
+          const lines = linesOf(model, login);
+          if (lines.length === 0) throw new CliError(`${login}: no such user in ${s.usersFile}`, 1);
+          const tokenLines = lines.filter((i) => model.parsed[i]?.kind === 'token').map((i) => tokenAt(model, i));
+          return { model: removeLines(model, new Set(lines)), result: { removed: lines.map((i) => i + 1), tokens: tokenLines } };
+        });
+        out(`${login}: removed (line${removed.length > 1 ? 's' : ''} ${removed.join(', ')})`);
+        if (r === undefined) return;
+        // Its lingers end on every gateway at once; its records stay (see forgetShared).
+        await r.admin.forgetShared(r.store, login, tokens, s.policy, now);
+        note(`${s.usersFile}: store: redis: copy the users file to every other gateway now: until then they still let ${login} log in with new codes`);
       });
-      out(`${login}: removed (line${removed.length > 1 ? 's' : ''} ${removed.join(', ')})`);
     });
 
   pinOptions(withFileOptions(users.command('set-pin').description('set a new PIN on every token line of a user (this ends its linger)')
@@ -340,16 +381,33 @@ export function usersCommand(prompter: Prompter): Command {
       const before = read(s);
       const motp = tokenLinesOf(before, s, login).some((i) => tokenAt(before, i).type.algorithm === 'MOTP');
       const pin = await newPinField(opts, s, prompter, login, !motp);
-      const count = await edit(s, (model) => {
-        const lines = tokenLinesOf(model, s, login);
-        return { model: changeLines(model, lines, (_t, st) => ({ ...st, pin: pin.field })), result: lines.length };
+      await withShared(s, async (r) => {
+        const { count, tokens } = await edit(s, (model) => {
+          const lines = tokenLinesOf(model, s, login);
+          return {
+            model: changeLines(model, lines, (_t, st) => ({ ...st, pin: pin.field })),
+            result: { count: lines.length, tokens: lines.map((i) => tokenAt(model, i)) },
+          };
+        });
+        out(`${login}: ${pin.field === '-' ? 'PIN removed' : pin.hashed ? 'PIN set (hashed)' : 'PIN set'} on ${count} line${count > 1 ? 's' : ''}`);
+        if (r === undefined) return;
+        // The linger ends in Redis: no gateway's cache keeps riding it with the old PIN.
+        await r.admin.logoutShared(r.store, login, tokens, s.policy, now, 'the PIN was set in the users file, but its linger was not ended');
+        copyNote(s);
       });
-      out(`${login}: ${pin.field === '-' ? 'PIN removed' : pin.hashed ? 'PIN set (hashed)' : 'PIN set'} on ${count} line${count > 1 ? 's' : ''}`);
     });
 
   withFileOptions(users.command('unlock').description('set the failure count to 0').argument('<login>'))
     .action(async (login: string, opts: FileOptions) => {
       const s = settingsOf(opts);
+      if (s.shared !== undefined) {
+        // store: redis: every layout keeps its count in Redis; the gateways' throttles are told to forget the account.
+        const file = read(s);
+        const tokens = tokenLinesOf(file, s, login).map((i) => tokenAt(file, i));
+        await withShared(s, async (r) => r?.admin.unlockShared(r.store, login, tokens, s.policy, now));
+        out(`${login}: failure count cleared`);
+        return;
+      }
       const { lines, stored, model } = await edit(s, (m) => {
         const ls = tokenLinesOf(m, s, login);
         const withCount = ls.filter((i) => layoutStoresFailures(tokenAt(m, i)));
@@ -366,6 +424,13 @@ export function usersCommand(prompter: Prompter): Command {
   withFileOptions(users.command('logout').description('end the user\'s linger: the browser must log in with a new code').argument('<login>'))
     .action(async (login: string, opts: FileOptions) => {
       const s = settingsOf(opts);
+      if (s.shared !== undefined) {
+        const file = read(s);
+        const tokens = tokenLinesOf(file, s, login).map((i) => tokenAt(file, i));
+        const ended = await withShared(s, async (r) => r?.admin.logoutShared(r.store, login, tokens, s.policy, now));
+        out(ended === true ? `${login}: logged out` : `${login}: no linger recorded`);
+        return;
+      }
       const { changed, lines, model } = await edit(s, (m) => {
         const ls = tokenLinesOf(m, s, login);
         const next = changeLines(m, ls, (t, st) => loggedOut(t, st, s.policy.maxOffset));
@@ -381,6 +446,17 @@ export function usersCommand(prompter: Prompter): Command {
     .action(async (login: string, code1: string, code2: string, opts: FileOptions) => {
       const s = settingsOf(opts);
       const at = now();
+      const notFound = `${login}: the two codes were not found one after the other (10,000 counters ahead, or a day either way, after the last code used); nothing was changed`;
+      if (s.shared !== undefined) {
+        const file = read(s);
+        const lines = tokenLinesOf(file, s, login);
+        const found = await withShared(s, async (r) => r?.admin.resyncShared(r.store, login, file, lines, code1.trim(), code2.trim(), s.policy, now,
+          (line, problem) => note(`${s.usersFile}:${line}: ${problem}`)));
+        if (found === undefined) throw new CliError(notFound, 1);
+        const what = found.token.type.stepSeconds === 0 ? `next counter ${found.state.counter}` : `offset ${found.state.counter} steps`;
+        out(`${login}: resynchronised line ${found.line}: ${what}, failures cleared`);
+        return;
+      }
       const result = await edit(s, (model) => {
         const unfit: string[] = [];
         for (const i of tokenLinesOf(model, s, login)) {
@@ -394,7 +470,7 @@ export function usersCommand(prompter: Prompter): Command {
           if (state !== undefined) return { model: changeLines(model, [i], () => state), result: { line: i + 1, state, t } };
         }
         for (const u of unfit) note(u);
-        throw new CliError(`${login}: the two codes were not found one after the other (10,000 counters ahead, or a day either way, after the last code used); nothing was changed`, 1);
+        throw new CliError(notFound, 1);
       });
       const what = result.t.type.stepSeconds === 0 ? `next counter ${result.state.counter}` : `offset ${result.state.counter} steps`;
       out(`${login}: resynchronised line ${result.line}: ${what}, failures cleared`);
@@ -421,21 +497,26 @@ export function usersCommand(prompter: Prompter): Command {
         throw new CliError(`${file}: ${plan.conflicts.length} conflict${plan.conflicts.length > 1 ? 's' : ''}; nothing was imported`, 1);
       }
       out(`${file}: ${opts.dryRun ? 'would import' : 'imported'} ${plan.lines.length} line${plan.lines.length === 1 ? '' : 's'} for ${plan.users} user${plan.users === 1 ? '' : 's'}`);
+      if (!opts.dryRun && plan.lines.length > 0) copyNote(s);
     });
 
   withFileOptions(users.command('export').description('write every user in the layout mod_authn_otp or pam_oath (oath-toolkit) reads'))
     .addOption(new Option('--format <format>', 'the reader').choices(['oath', 'mod_authn_otp']).makeOptionMandatory())
     .option('-o, --output <file>', 'write here (mode 0600; never over an existing file) instead of standard output')
     .option('--skip-unreadable', 'leave out, with a warning, lines the reader cannot use (instead of exporting nothing)')
-    .action((opts: FileOptions & { format: ExportFormat; output?: string; skipUnreadable?: boolean }) => {
+    .action(async (opts: FileOptions & { format: ExportFormat; output?: string; skipUnreadable?: boolean }) => {
       const s = settingsOf(opts);
-      const model = read(s);
+      const file = read(s);
+      // store: redis: each line with the state Redis has (the way back from redis to a file).
+      const view = await withShared(s, async (r) => (r === undefined ? undefined
+        : { ...await r.admin.sharedView(r.store, file, now(), s.policy), lineOf: r.admin.exportSharedLine }));
+      const model = view?.model ?? file;
       const lines: string[] = [];
       const refused: string[] = model.problems.map((p) => `${s.usersFile}:${p.line}: ${p.reason}`);
       model.parsed.forEach((entry, i) => {
         if (entry.kind !== 'token') return;
         const why = exportProblem(entry.token, opts.format);
-        if (why === undefined) lines.push(exportLine(entry.token, opts.format));
+        if (why === undefined) lines.push(view ? view.lineOf(view, i, opts.format) : exportLine(entry.token, opts.format));
         else refused.push(`${s.usersFile}:${i + 1}: ${entry.token.login}: ${why}`);
       });
       for (const r of refused) note(`${opts.skipUnreadable ? 'skipped ' : ''}${r}`);
@@ -467,6 +548,7 @@ export function usersCommand(prompter: Prompter): Command {
         keepOwnerAndMode(s.usersFile, before);
         return status;
       });
+      copyNote(s);
       process.exitCode = code;
     });
 
@@ -537,12 +619,15 @@ export function otpCommand(): Command {
     .addOption(new Option('--at <time>', 'time tokens: codes at this time (epoch seconds or ISO 8601) instead of now').argParser(parseAt).conflicts('counter'))
     .addOption(new Option('--counter <n>', 'the counter (event tokens) or time step (time tokens) to start at').argParser(wholeNumber(0, 2 ** 52)))
     .addOption(new Option('--line <n>', 'which of the user\'s token lines (1 = its first)').argParser(wholeNumber(1)).default(1))
-    .action((login: string, opts: FileOptions & { count: number; at?: number; counter?: number; line: number }) => {
+    .action(async (login: string, opts: FileOptions & { count: number; at?: number; counter?: number; line: number }) => {
       const s = settingsOf(opts);
-      const model = read(s);
-      const lines = tokenLinesOf(model, s, login);
+      const file = read(s);
+      const lines = tokenLinesOf(file, s, login);
       const i = lines[opts.line - 1];
       if (i === undefined) throw new CliError(`${login}: has ${lines.length} token line${lines.length > 1 ? 's' : ''}, not ${opts.line}`, 2);
+      // store: redis: from where the gateways are (Redis's counter or drift), unless --counter says where.
+      const model = opts.counter !== undefined ? file
+        : await withShared(s, async (r) => (r === undefined ? file : (await r.admin.sharedView(r.store, file, now(), s.policy, login)).model));
       const t = tokenAt(model, i);
       const from = opts.counter ?? currentPosition(t, opts.at ?? now());
       out(codesFrom(t, from, opts.count).join('\n'));

@@ -189,9 +189,4 @@ export class RedisTokenStore {
   async publishThrottle(from: string, event: ThrottleEvent): Promise<void> {
     await this.redis.publish(this.channel, `t ${JSON.stringify({ from, event })}`);
   }
-
-  /** Forget a token (its user was removed from the file). */
-  async remove(token: TokenLine): Promise<void> {
-    await this.redis.del(this.keyOf(token));
-  }
 }

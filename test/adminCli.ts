@@ -10,6 +10,9 @@ import { formatLocalTime } from '../src/localTime.js';
 import {
   BIN, otherOwner, request, rfcHotp, rfcTotp, secret, secretKey, spawnGateway, spawnOtpgate, startBackend, tempDir, writeFile600,
 } from './lib/harness.js';
+import { Redis } from 'ioredis';
+import { startGateway, type Gw } from './lib/gateway.js';
+import { startRedis, type RedisServer } from './lib/redis.js';
 
 type Tap = { teardown(fn: () => void | Promise<void>): void };
 interface Run { code: number | null; stdout: string; stderr: string }
@@ -550,4 +553,223 @@ sys.exit(os.waitstatus_to_exitcode(status))
   t.notOk(seen.includes(pin), 'the PIN was not echoed');
   t.equal(tokenOf(file, 'tess')?.pin, pin);
   t.equal(tokenOf(file, 'tess')?.counter, 1);
+});
+
+// store: redis: the commands work on the state the gateways share in a real
+// redis-server; the users file (one copy per gateway) is never written by them.
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+interface Shared {
+  redis: RedisServer;
+  gw: Gw;
+  /** the CLI's copy of the users file */
+  file: string;
+  config: string;
+  dir: string;
+}
+
+/**
+ * A real redis-server, a real gateway in store: redis on its own copy of
+ * `users`, and the CLI's config (same policy) on another copy.
+ */
+async function sharedSetup(t: Tap, users: string, policy: Record<string, unknown> = {}): Promise<Shared> {
+  const redis = await startRedis(t);
+  const gw = await startGateway(t, users, { config: { logLevel: 'info', ...policy, state: { store: 'redis', url: redis.url } } });
+  for (let i = 0; i < 400 && !(gw.running.users.shared?.up ?? false); i++) await sleep(10);
+  if (!(gw.running.users.shared?.up ?? false)) throw new Error('the gateway never connected to redis');
+  const dir = tempDir(t);
+  const file = writeFile600(join(dir, 'otp-users'), users);
+  const yaml = Object.entries(policy).map(([k, v]) => `${k}: ${JSON.stringify(v)}\n`).join('');
+  const config = writeFile600(join(dir, 'otpgate.yaml'),
+    `upstream: http://127.0.0.1:9\nusersFile: otp-users\n${yaml}state:\n  store: redis\n  url: ${redis.url}\n`);
+  return { redis, gw, file, config, dir };
+}
+
+/** Retry `fn` (bounded, ~2 s) until it returns `want`; what it returned last. */
+async function eventually<T>(fn: () => Promise<T>, want: T): Promise<T> {
+  let got = await fn();
+  for (let i = 0; i < 40 && got !== want; i++) {
+    await sleep(50);
+    got = await fn();
+  }
+  return got;
+}
+
+const tokenKeys = async (url: string): Promise<string[]> => {
+  const client = new Redis(url, { lazyConnect: true });
+  try {
+    await client.connect();
+    return (await client.keys('otpgate:token:*')).sort();
+  } finally {
+    client.disconnect();
+  }
+};
+
+const KEY2 = secretKey(randomBytes(20).toString('hex'));
+const KEY3 = secretKey(randomBytes(20).toString('hex'));
+
+t.test('store: redis: list, show, otp and export show the counters Redis has; no users file is written', async (t) => {
+  // carl's line is in pam_oath's layout: no failure count in the file, but one in Redis.
+  const users = `HOTP bob ${PIN} ${KEY} 0 0\nHOTP carl ${PIN} ${KEY2} 0\nHOTP/T30 tim - ${KEY3} 0 0\n`;
+  const { gw, file, config, dir } = await sharedSetup(t, users);
+  for (let c = 0; c < 3; c++) t.equal((await request(gw.port, { auth: ['bob', `${PIN}${rfcHotp(KEY, c)}`] })).status, 200, `bob: code ${c}`);
+  t.equal((await request(gw.port, { auth: ['carl', `${PIN}${rfcHotp(KEY2, 50)}`] })).status, 401, 'carl: a wrong code');
+
+  const json = await cli(['users', 'list', '-c', config, '--json']);
+  t.equal(json.code, 0, json.stderr);
+  t.equal(json.stderr, '');
+  const rows = JSON.parse(json.stdout) as Record<string, unknown>[];
+  t.same(rows.map((r) => [r.login, r.counter, r.failures, r.lastIp, r.lingering, r.locked]), [
+    ['bob', 3, 0, '127.0.0.1', true, false],
+    ['carl', 0, 1, null, false, false],
+    ['tim', 0, 0, null, false, false],
+  ], 'the counter, last IP and linger from Redis; a failure count for every layout');
+  t.type(rows[0]?.lastLogin, 'string');
+  const table = await cli(['users', 'list', '-c', config]);
+  t.match(table.stdout, /^bob +1 +HOTP +3 +0 +plain +\S+ +127\.0\.0\.1 +lingering$/m);
+  const show = await cli(['users', 'show', 'bob', '-c', config]);
+  t.equal(show.code, 0, show.stderr);
+  t.match(show.stdout, /^counter +3$/m);
+  t.match(show.stdout, /^from +127\.0\.0\.1$/m);
+  t.match(show.stdout, /^state +lingering$/m);
+  for (const r of [json, table, show]) t.notOk(r.stdout.includes(KEY) || r.stdout.includes(PIN), 'no key, no PIN');
+  const otp = await cli(['otp', 'bob', '-c', config, '--count', '2']);
+  t.equal(otp.stdout, `${rfcHotp(KEY, 3)}\n${rfcHotp(KEY, 4)}\n`, 'otp: from the counter Redis has');
+  // -f with a redis config: the config's state store, this file.
+  const other = await cli(['users', 'show', 'bob', '-c', config, '-f', file, '--json']);
+  t.equal((JSON.parse(other.stdout) as Record<string, unknown>[])[0]?.counter, 3);
+
+  const exported = join(dir, 'back-to-file');
+  const r = await cli(['users', 'export', '--format', 'mod_authn_otp', '-c', config, '-o', exported]);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stderr, /back-to-file: 3 lines written/);
+  const back = tokens(exported);
+  t.same(back.map((x) => [x.login, x.counter, x.failures, x.fieldCount]), [['bob', 3, 0, 9], ['carl', 0, 1, 6], ['tim', 0, 0, 6]],
+    'Redis\'s counters and failure counts in mod_authn_otp\'s layout');
+  t.equal(back[0]?.lastOtp, rfcHotp(KEY, 2));
+  t.equal(back[0]?.lastIp, '127.0.0.1');
+  t.same(readFileSync(file, 'utf8'), users, 'the CLI\'s users file is unchanged, byte for byte');
+  t.same(readFileSync(gw.usersPath, 'utf8'), users, 'the gateway\'s too');
+
+  // The way back: a gateway on the exported file (store: file) goes on from Redis's counter.
+  const backend = await startBackend(t);
+  const fileConfig = writeFile600(join(dir, 'file.yaml'), `listen: 127.0.0.1:0\nupstream: ${backend.url}\nusersFile: back-to-file\n`);
+  const fileGw = await spawnGateway(fileConfig);
+  t.teardown(() => { fileGw.child.kill('SIGKILL'); });
+  t.equal((await request(fileGw.port, { auth: ['bob', `${PIN}${rfcHotp(KEY, 1)}`] })).status, 401, 'a code used under Redis stays used');
+  t.equal((await request(fileGw.port, { auth: ['bob', `${PIN}${rfcHotp(KEY, 3)}`] })).status, 200, 'the next one logs in');
+});
+
+t.test('store: redis: unlock clears the count in Redis and the gateways\' throttles forget the account', async (t) => {
+  const slow = { free: 3, baseSeconds: 600, maxSeconds: 900, quietSeconds: 3600 };
+  const { gw, file, config } = await sharedSetup(t, `HOTP bob ${PIN} ${KEY} 0 0\n`, { maxFailures: 3, throttle: { pair: slow, account: slow } });
+  const good = `${PIN}${rfcHotp(KEY, 0)}`;
+  const statuses: number[] = [];
+  for (let i = 0; i < 5; i++) statuses.push((await request(gw.port, { auth: ['bob', `${PIN}00000${i}`] })).status);
+  t.equal(statuses.at(-1), 429, `wrong codes, then a long wait (${statuses.join(', ')})`);
+  t.not((await request(gw.port, { auth: ['bob', good] })).status, 200, 'even the right code is refused');
+  // The refusals' counts reach Redis just after they are answered.
+  const locked = async (): Promise<unknown> => (JSON.parse((await cli(['users', 'list', '-c', config, '--json'])).stdout) as Record<string, unknown>[])[0]?.locked;
+  t.equal(await eventually(locked, true), true, 'list says locked');
+  const r = await cli(['users', 'unlock', 'bob', '-c', config]);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stdout, 'bob: failure count cleared\n');
+  t.equal(r.stderr, '', 'no note: Redis keeps a count for every layout');
+  t.equal(await locked(), false);
+  t.equal(await eventually(async () => (await request(gw.port, { auth: ['bob', good] })).status, 200), 200,
+    'the gateway lets bob in again: no lock in Redis, no wait in its throttle');
+  t.equal(tokenOf(file, 'bob')?.failures, 0, 'the users file was not needed');
+});
+
+t.test('store: redis: logout ends the linger on the gateway; set-pin does too', async (t) => {
+  const { gw, config } = await sharedSetup(t, `HOTP bob ${PIN} ${KEY} 0 0\n`);
+  const pw = `${PIN}${rfcHotp(KEY, 0)}`;
+  t.equal((await request(gw.port, { auth: ['bob', pw] })).status, 200, 'fresh login');
+  t.equal((await request(gw.port, { auth: ['bob', pw] })).status, 200, 'the linger rides (and is cached by the gateway)');
+  const r = await cli(['users', 'logout', 'bob', '-c', config]);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stdout, 'bob: logged out\n');
+  t.equal(await eventually(async () => (await request(gw.port, { auth: ['bob', pw] })).status, 401), 401,
+    'the same credentials no longer ride');
+  t.equal((await cli(['users', 'logout', 'bob', '-c', config])).stdout, 'bob: no linger recorded\n');
+  t.equal((await request(gw.port, { auth: ['bob', pw] })).status, 401, 'the code stays used');
+
+  const pw1 = `${PIN}${rfcHotp(KEY, 1)}`;
+  t.equal((await request(gw.port, { auth: ['bob', pw1] })).status, 200, 'the next code logs in');
+  const pin = secret('n3wSharedPin');
+  const setPin = await cli(['users', 'set-pin', 'bob', '-c', config, '--pin', '-'], { input: `${pin}\n` });
+  t.equal(setPin.code, 0, setPin.stderr);
+  t.match(setPin.stdout, /^bob: PIN set on 1 line\n$/);
+  t.match(setPin.stderr, /copy the users file to every gateway/);
+  t.equal(await eventually(async () => (await request(gw.port, { auth: ['bob', pw1] })).status, 401), 401,
+    'the linger with the old PIN ends, even on a gateway whose copy has the old PIN still');
+});
+
+t.test('store: redis: resync searches from where Redis is and writes there', async (t) => {
+  const { gw, file, config } = await sharedSetup(t, `HOTP bob ${PIN} ${KEY} 0 0\nHOTP/T30 tim - ${KEY2} 0 0\n`);
+  for (let c = 0; c < 3; c++) t.equal((await request(gw.port, { auth: ['bob', `${PIN}${rfcHotp(KEY, c)}`] })).status, 200);
+  const behind = await cli(['users', 'resync', 'bob', '-c', config, rfcHotp(KEY, 1), rfcHotp(KEY, 2)]);
+  t.equal(behind.code, 1, 'codes used under Redis are behind its counter (the file\'s says 0)');
+  t.match(behind.stderr, /^bob: the two codes were not found one after the other .*nothing was changed\n$/);
+  const r = await cli(['users', 'resync', 'bob', '-c', config, rfcHotp(KEY, 700), rfcHotp(KEY, 701)]);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stdout, 'bob: resynchronised line 1: next counter 702, failures cleared\n');
+  t.equal((await request(gw.port, { auth: ['bob', `${PIN}${rfcHotp(KEY, 701)}`] })).status, 401, 'the codes given are used');
+  t.equal((await request(gw.port, { auth: ['bob', `${PIN}${rfcHotp(KEY, 702)}`] })).status, 200, 'the gateway goes on after them');
+  t.equal(tokenOf(file, 'bob')?.counter, 0, 'the users file is not written');
+
+  const step = Math.floor(Date.now() / 1000 / 30);
+  const time = await cli(['users', 'resync', 'tim', '-c', config, rfcHotp(KEY2, step + 20), rfcHotp(KEY2, step + 21)]);
+  t.equal(time.code, 0, time.stderr);
+  t.match(time.stdout, /^tim: resynchronised line 2: offset 2[01] steps, failures cleared\n$/);
+  t.equal((await request(gw.port, { auth: ['tim', rfcHotp(KEY2, step + 21)] })).status, 401, 'the second code is used');
+  t.equal((await request(gw.port, { auth: ['tim', rfcHotp(KEY2, step + 22)] })).status, 200, 'a clock 10 minutes ahead logs in');
+  const again = await cli(['users', 'resync', 'tim', '-c', config, rfcHotp(KEY2, step + 20), rfcHotp(KEY2, step + 21)]);
+  t.equal(again.code, 1, 'used codes never resync again');
+});
+
+t.test('store: redis: remove edits the file, ends the user\'s lingers and keeps its records (no fallback to an older copy)', async (t) => {
+  const { redis, gw, file, config } = await sharedSetup(t, `HOTP bob ${PIN} ${KEY} 0 0\nHOTP ann ${PIN} ${KEY2} 0 0\n`);
+  t.equal((await request(gw.port, { auth: ['bob', `${PIN}${rfcHotp(KEY, 0)}`] })).status, 200);
+  t.equal((await request(gw.port, { auth: ['ann', `${PIN}${rfcHotp(KEY2, 0)}`] })).status, 200);
+  const before = await tokenKeys(redis.url);
+  t.equal(before.length, 2, 'a record per token line');
+  const r = await cli(['users', 'remove', 'bob', '-c', config]);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stdout, 'bob: removed (line 1)\n');
+  t.match(r.stderr, /copy the users file to every other gateway now/);
+  t.same(tokens(file).map((x) => x.login), ['ann']);
+  t.same(await tokenKeys(redis.url), before, 'the records stay');
+  const client = new Redis(redis.url).on('error', () => undefined);
+  t.teardown(() => { client.disconnect(); });
+  const ips = await Promise.all(before.map((k) => client.hget(k, 'i')));
+  t.same(ips.filter((ip) => ip !== null), ['127.0.0.1'], 'bob\'s linger ended (no IP), ann\'s goes on');
+  const list = JSON.parse((await cli(['users', 'list', '-c', config, '--json'])).stdout) as Record<string, unknown>[];
+  t.same(list.map((x) => [x.login, x.counter]), [['ann', 1]]);
+  const add = await cli(['users', 'add', 'dan', '-c', config, '--no-pin', '--no-verify', '--no-qr']);
+  t.equal(add.code, 0, add.stderr);
+  t.match(add.stderr, /copy the users file to every gateway \(each reads its own copy\)/);
+});
+
+t.test('store: redis unreachable: one line naming the store, nothing changed', async (t) => {
+  const { redis, file, config, dir } = await sharedSetup(t, `HOTP bob ${PIN} ${KEY} 0 0\n`);
+  await redis.kill();
+  const original = readFileSync(file);
+  const out = join(dir, 'export');
+  for (const args of [['list'], ['show', 'bob'], ['unlock', 'bob'], ['logout', 'bob'], ['resync', 'bob', '123456', '234567'],
+    ['remove', 'bob'], ['set-pin', 'bob', '--no-pin'], ['export', '--format', 'oath', '-o', out]]) {
+    const r = await cli(['users', ...args, '-c', config]);
+    t.equal(r.code, 1, `${args[0]}: exit 1`);
+    t.match(r.stderr, new RegExp(`^state store redis://127\\.0\\.0\\.1:${redis.port} unreachable \\(ECONNREFUSED\\); nothing was changed\\n$`),
+      `${args[0]}: one line naming the store`);
+    t.equal(r.stdout, '');
+    t.same(readFileSync(file), original, 'the users file is unchanged');
+  }
+  t.notOk(existsSync(out), 'no export written');
+  const withPassword = writeFile600(join(dir, 'secret.yaml'),
+    `upstream: http://127.0.0.1:9\nusersFile: otp-users\nstate:\n  store: redis\n  url: redis://:${secret('redisPassw0rd')}@127.0.0.1:${redis.port}\n`);
+  const r = await cli(['users', 'list', '-c', withPassword]);
+  t.equal(r.code, 1);
+  t.match(r.stderr, /^state store redis:\/\/:\*\*\*@127\.0\.0\.1:\d+ unreachable/, 'the password is never printed');
 });
