@@ -273,7 +273,9 @@ export class Gateway {
         this.audit(login, ip, outcome, true);
         // Credentials that end nothing are a guess like a wrong password.
         if (outcome.reason !== 'logout' && !outcome.unavailable) this.failed(live, login, ip, known, usual, now);
-        challenge(this.own(res, live), config.realm, closeAfter);
+        // A logout that could not be recorded says so: a 401 would look like a logout that worked.
+        if (outcome.unavailable) unavailable(this.own(res, live));
+        else challenge(this.own(res, live), config.realm, closeAfter);
       });
       return;
     }

@@ -223,6 +223,9 @@ export async function updateLines<R>(
   shared: SharedStore, login: string, tokens: readonly TokenLine[], policy: Policy, clock: () => number,
   decide: (states: readonly TokenState[], now: number) => Decision<R>, failed = 'nothing was changed',
 ): Promise<R> {
+  if (new Set(tokens.map((t) => shared.store.keyOf(t))).size !== tokens.length) {
+    throw new CliError(`${login}: two lines with the same token type and key: with store: redis remove one first; ${failed}`, 1);
+  }
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
     const records = await readRecords(shared, tokens, failed);
     const now = clock();
@@ -239,7 +242,7 @@ export async function updateLines<R>(
     if (writes.every((w) => w.next === undefined)) return result;
     let written: boolean;
     try {
-      written = await shared.store.compareAndSetAll(writes);
+      written = (await shared.store.compareAndSetAll(writes)) > 0;
     } catch (err) {
       // Not known whether the script ran: say so rather than "nothing was changed".
       throw storeError(shared, err, failed === 'nothing was changed' ? 'not known whether the change was made (run the command again)' : failed);

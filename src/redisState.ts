@@ -35,17 +35,21 @@ const FIELDS = 9;
 
 // KEYS: the hashes of the lines a decision read (all of a user's lines: a
 // login consumes one and clears the others' failures). ARGV[1] the events
-// channel, then per key: the version the caller decided on, '1' to write or
-// '0' only to check, then FIELDS field, value pairs ('' deletes the field).
-// Nothing is written unless every version still holds. The idle clock (a) only
-// moves forward: gateways move it without a version (see TOUCH).
+// channel, ARGV[2] the sequence key, then per key: the version the caller
+// decided on, '1' to write or '0' only to check, then FIELDS field, value pairs
+// ('' deletes the field). Nothing is written unless every version still holds.
+// A write's version comes from one sequence for all tokens, so a version never
+// repeats, even for a record deleted and written again. Returns it (0: a
+// version had changed). The idle clock (a) only moves forward: gateways move
+// it without a version (see TOUCH).
 const COMPARE_AND_SET = `
 local per = 2 + 2 * ${FIELDS}
 for k = 1, #KEYS do
-  if (redis.call('HGET', KEYS[k], 'v') or '0') ~= ARGV[(k - 1) * per + 2] then return 0 end
+  if (redis.call('HGET', KEYS[k], 'v') or '0') ~= ARGV[(k - 1) * per + 3] then return 0 end
 end
+local v = redis.call('INCR', ARGV[2])
 for k = 1, #KEYS do
-  local base = (k - 1) * per + 1
+  local base = (k - 1) * per + 2
   if ARGV[base + 2] == '1' then
     for i = base + 3, base + per, 2 do
       local field, value = ARGV[i], ARGV[i + 1]
@@ -53,12 +57,11 @@ for k = 1, #KEYS do
         if value ~= '' and tonumber(value) > tonumber(redis.call('HGET', KEYS[k], 'a') or '0') then redis.call('HSET', KEYS[k], 'a', value) end
       elseif value == '' then redis.call('HDEL', KEYS[k], field) else redis.call('HSET', KEYS[k], field, value) end
     end
-    local v = tonumber(ARGV[base + 1]) + 1
     redis.call('HSET', KEYS[k], 'v', v)
     redis.call('PUBLISH', ARGV[1], 'v ' .. KEYS[k] .. ' ' .. v)
   end
 end
-return 1
+return v
 `;
 
 // A ride of a linger moves the token's idle clock forward, without a version:
@@ -95,16 +98,24 @@ export function recordOf(h: Record<string, string>): StoredRecord {
   return { version: Number(h.v), state };
 }
 
+/** A throttle event as another gateway sent it, checked field by field. */
+function isThrottleEvent(e: Record<string, unknown> | undefined): e is ThrottleEvent {
+  if (typeof e?.login !== 'string') return false;
+  if (e.type === 'forget') return true;
+  if (typeof e.ip !== 'string') return false;
+  return e.type === 'succeeded' || (e.type === 'failed' && typeof e.known === 'boolean' && typeof e.usual === 'boolean');
+}
+
 /** The events channel's message read, or undefined for one this version does not know. */
 export function eventOf(message: string): StateEvent | undefined {
   if (message.startsWith('v ')) {
     const [, key, version] = message.split(' ');
-    return key !== undefined && version !== undefined ? { kind: 'version', key, version: Number(version) } : undefined;
+    return key !== undefined && version !== undefined && /^\d+$/.test(version) ? { kind: 'version', key, version: Number(version) } : undefined;
   }
   if (message.startsWith('t ')) {
     try {
-      const { from, event } = JSON.parse(message.slice(2)) as { from: string; event: ThrottleEvent };
-      return typeof from === 'string' && typeof event?.login === 'string' ? { kind: 'throttle', from, event } : undefined;
+      const { from, event } = JSON.parse(message.slice(2)) as { from: unknown; event: Record<string, unknown> | undefined };
+      return typeof from === 'string' && isThrottleEvent(event) ? { kind: 'throttle', from, event } : undefined;
     } catch {
       return undefined;
     }
@@ -119,12 +130,15 @@ export class RedisTokenStore {
   private readonly scripts: Scripts;
   /** where version and throttle news go */
   readonly channel: string;
+  /** the one sequence every write's version comes from */
+  private readonly sequence: string;
 
   constructor(private readonly redis: Redis, private readonly prefix: string) {
     redis.defineCommand('otpgateCompareAndSet', { lua: COMPARE_AND_SET });
     redis.defineCommand('otpgateTouch', { numberOfKeys: 1, lua: TOUCH });
     this.scripts = redis as unknown as Scripts;
     this.channel = `${prefix}events`;
+    this.sequence = `${prefix}version`;
   }
 
   /** The token's key name: no login, PIN or key in it. */
@@ -159,20 +173,21 @@ export class RedisTokenStore {
   }
 
   /** Write `next` if the token is still at `version`; false: someone else wrote first (read and decide again). */
-  compareAndSet(token: TokenLine, version: number, next: StoredState): Promise<boolean> {
-    return this.compareAndSetAll([{ key: this.keyOf(token), version, next }]);
+  async compareAndSet(token: TokenLine, version: number, next: StoredState): Promise<boolean> {
+    return (await this.compareAndSetAll([{ key: this.keyOf(token), version, next }])) > 0;
   }
 
   /**
    * All or nothing, for the lines one decision read: each line whose `next` is
    * given takes it, but only if every line is still at the version the decision
-   * saw (a line without `next` is only checked). False: decide again.
+   * saw (a line without `next` is only checked). The written lines' new
+   * version, or 0: decide again.
    */
-  async compareAndSetAll(lines: readonly { key: string; version: number; next?: StoredState | undefined }[]): Promise<boolean> {
+  async compareAndSetAll(lines: readonly { key: string; version: number; next?: StoredState | undefined }[]): Promise<number> {
     const args = lines.flatMap((l) => (l.next === undefined
       ? [String(l.version), '0', ...NOTHING]
       : [String(l.version), '1', ...fieldsOf(l.next)]));
-    return (await this.scripts.otpgateCompareAndSet(lines.length, ...lines.map((l) => l.key), this.channel, ...args)) === 1;
+    return this.scripts.otpgateCompareAndSet(lines.length, ...lines.map((l) => l.key), this.channel, this.sequence, ...args);
   }
 
   /** Wait until `replicas` replicas have every write of this connection so far; how many did. */

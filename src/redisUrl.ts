@@ -32,9 +32,10 @@ function endpoint(text: string, defaultPort: number): RedisEndpoint | undefined 
   return { host: m[1] ?? m[2] ?? '', port };
 }
 
+/** 0-15: the databases a Redis has unless configured otherwise (a missing one is not refused until SELECT). */
 function dbOf(text: string | undefined): number | undefined {
   if (text === undefined || text === '') return 0;
-  return /^\d{1,2}$/.test(text) ? Number(text) : undefined;
+  return /^(?:\d|1[0-5])$/.test(text) ? Number(text) : undefined;
 }
 
 /** The URL read, or one line saying what is wrong with it (never echoing a password). */
@@ -58,15 +59,16 @@ export function parseRedisUrl(url: string): RedisTarget | string {
   if (sentinel === undefined) {
     const server = endpoint(hosts, 6379);
     const db = dbOf(parts[0]);
-    if (server === undefined || hosts.includes(',')) return `"${hosts}": expected one host[:port] (several only with redis+sentinel://)`;
-    if (db === undefined || parts.length > 1) return 'expected /db, a database number, after the host';
+    // The host part is not echoed: a password with an unescaped @ or / ends up in it.
+    if (server === undefined || hosts.includes(',')) return 'expected one host[:port] (several only with redis+sentinel://; a password\'s @ or / written %40, %2F)';
+    if (db === undefined || parts.length > 1) return 'expected /db, a database number 0-15, after the host';
     return { server, db, username, password, tls };
   }
   const sentinels = hosts.split(',').map((h) => endpoint(h, 26379));
-  if (sentinels.some((s) => s === undefined)) return `"${hosts}": expected host[:port] of each Sentinel, separated by commas`;
+  if (sentinels.some((s) => s === undefined)) return 'expected host[:port] of each Sentinel, separated by commas';
   const masterName = parts[0] ?? '';
   const db = dbOf(parts[1]);
   if (!/^[A-Za-z0-9.\-_]+$/.test(masterName)) return 'expected the master\'s name after the Sentinels: redis+sentinel://host:26379/mymaster';
-  if (db === undefined || parts.length > 2) return 'expected /db, a database number, after the master\'s name';
+  if (db === undefined || parts.length > 2) return 'expected /db, a database number 0-15, after the master\'s name';
   return { sentinels: sentinels as RedisEndpoint[], masterName, db, username, password, tls };
 }

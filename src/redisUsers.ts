@@ -19,7 +19,7 @@
 // lingering ride on for state.lingerWhileDown seconds, then 503 too.
 import type { Logger } from 'pino';
 import { LRUCache } from 'lru-cache';
-import { decide, decoyCheck, isLocked, type Policy, type TokenState, type Verdict } from './decision.js';
+import { decide, decoyCheck, endLinger, isLocked, type Policy, type TokenState, type Verdict } from './decision.js';
 import { lingerActive } from './linger.js';
 import type { StateConfig } from './config.js';
 import { RedisLink } from './redisLink.js';
@@ -76,6 +76,8 @@ export class RedisUsers implements UserStore {
   private readonly file: UsersFileWatch;
   private readonly link: RedisLink;
   private readonly store: RedisTokenStore;
+  /** grants when they must reach replicas (state.waitReplicas): their own connection, for WAIT */
+  private readonly grantStore: RedisTokenStore;
   private readonly lingerWhileDown: number;
   private readonly waitReplicas: number;
   private readonly commandTimeoutMs: number;
@@ -103,8 +105,14 @@ export class RedisUsers implements UserStore {
     this.waitReplicas = options.state.waitReplicas;
     this.commandTimeoutMs = options.state.commandTimeout * 1000;
     this.file = new UsersFileWatch(options.path, options.safety, options.log, options.pollMs ?? 1000);
-    this.link = new RedisLink(options.state, `${options.state.keyPrefix}events`, options.log, this.clock);
+    try {
+      this.link = new RedisLink(options.state, `${options.state.keyPrefix}events`, options.log, this.clock);
+    } catch (err) {
+      this.file.close(); // a TLS file that cannot be read: nothing keeps running
+      throw err;
+    }
     this.store = new RedisTokenStore(this.link.client, options.state.keyPrefix);
+    this.grantStore = this.link.writer === undefined ? this.store : new RedisTokenStore(this.link.writer, options.state.keyPrefix);
     this.link.onEvent = (e): void => {
       if (e.kind === 'version') this.announced(e.key, e.version);
       else if (e.from !== this.id) this.onPeerThrottle?.(e.event);
@@ -160,42 +168,82 @@ export class RedisUsers implements UserStore {
     const model = this.file.model;
     const lines = model.index.get(login);
     const lingerKey = lingerKeyOf(this.lingerPads, login, password);
-    if (lines === undefined || model.refused.has(login)) return this.unknown(login, password, ip, lines);
-    if (!logout && this.rideCached(lines, lingerKey, ip, this.clock())) return LINGER;
+    const known = lines !== undefined && !model.refused.has(login);
+    const ride = logout || !known ? 'no' : this.rideCached(lines, lingerKey, ip, this.clock());
+    if (ride === 'ride') return LINGER;
+    // Unknown logins and known ones alike: 503 at once while Redis is down.
     if (!this.link.commandsUp) return UNAVAILABLE;
+    if (!known) return this.unknown(login, password, ip, lines);
     const request: Login = { login, password, ip, logout, usualIp, lingerKey };
+    // The record of a linger these credentials rode changed (another gateway's
+    // wrong guess, a reconnect): read it again, and ride on if it still holds.
+    if (ride === 'stale') return this.rideAfterRead(lines, request).then((rode) => (rode ? LINGER : this.fresh(request)));
+    return this.fresh(request);
+  }
+
+  /** Check PIN hashes if any, then decide in the login's turn. */
+  private fresh(request: Login): Promise<Outcome> {
+    const { login, password, ip } = request;
+    const model = this.file.model;
+    const lines = model.index.get(login) ?? [];
     const hashed = model.hashedPins === 0 ? undefined : hashedTokensOf(model, lines);
     const verified = model.hashedPins === 0 ? Promise.resolve(undefined)
       : hashed === undefined ? checkPin(DECOY_PIN, password.slice(0, -6), ip).then(() => undefined)
         : verifiedPinsOf(hashed, password, ip);
-    return verified.then((verifiedPins) => this.inTurn(login, verifiedPins === undefined ? request : { ...request, verifiedPins }));
+    return verified.then((verifiedPins) => this.inTurn(login, (answer) =>
+      this.decideAndWrite(verifiedPins === undefined ? request : { ...request, verifiedPins }, answer)));
   }
 
   ridesLinger(login: string, password: string, ip: string): boolean {
     const lines = this.file.model.index.get(login);
     return lines !== undefined && this.file.problem === undefined &&
-      this.rideCached(lines, lingerKeyOf(this.lingerPads, login, password), ip, this.clock());
+      this.rideCached(lines, lingerKeyOf(this.lingerPads, login, password), ip, this.clock()) === 'ride';
   }
 
-  /** A login not in the file: the same work and round trip as a refused known one, and 503 alike while Redis is down. */
+  /** Read the record a hint points to, then try the ride again. */
+  private async rideAfterRead(lines: readonly number[], r: Login): Promise<boolean> {
+    const hint = this.lingers.get(r.lingerKey);
+    if (hint === undefined) return false;
+    try {
+      const [record] = await this.store.readAll([hint.key]);
+      if (record !== undefined) this.remember(hint.key, record.version, record.state);
+    } catch {
+      return false;
+    }
+    return this.rideCached(this.file.model.index.get(r.login) ?? lines, r.lingerKey, r.ip, this.clock()) === 'ride';
+  }
+
+  /**
+   * A login not in the file: the work of a refused known one, in turn like it
+   * (concurrent guesses at a known login queue behind each other), a read
+   * before the answer and a compare-and-set after it (that changes nothing).
+   */
   private async unknown(login: string, password: string, ip: string, lines: readonly number[] | undefined): Promise<Outcome> {
     decoyCheck(password, this.policy);
     if (this.file.model.hashedPins > 0) await checkPin(DECOY_PIN, password.slice(0, -6), ip);
-    if (!this.link.commandsUp) return UNAVAILABLE;
-    try {
-      await this.store.readAll([this.store.decoyKeyOf(login)]);
-    } catch {
-      return UNAVAILABLE;
-    }
-    return unknownLogin(lines);
+    const key = this.store.decoyKeyOf(login);
+    return this.inTurn(login, async (answer) => {
+      try {
+        await this.store.readAll([key]);
+        answer(unknownLogin(lines));
+        await this.store.compareAndSetAll([{ key, version: 0 }]);
+      } catch {
+        answer(UNAVAILABLE);
+      }
+    });
   }
 
-  /** The same credentials rode or started this token's linger, and its cached record says it still holds for `ip`. */
-  private rideCached(lines: readonly number[], lingerKey: string, ip: string, now: number): boolean {
+  /**
+   * Do the same credentials ride the linger they rode or started before? 'ride':
+   * the cached record says it still holds for `ip`; 'stale': its record is no
+   * longer cached (a newer version was announced), read it first; 'no'.
+   */
+  private rideCached(lines: readonly number[] | undefined, lingerKey: string, ip: string, now: number): 'ride' | 'stale' | 'no' {
+    if (lines === undefined) return 'no';
     const hint = this.lingers.get(lingerKey);
-    if (hint === undefined) return false;
+    if (hint === undefined) return 'no';
     // Down for longer than lingerWhileDown: a logout elsewhere may have gone unheard.
-    if (!this.link.up && this.link.downFor(now) >= this.lingerWhileDown) return false;
+    if (!this.link.up && this.link.downFor(now) >= this.lingerWhileDown) return 'no';
     const model = this.file.model;
     for (const i of lines) {
       const t = tokenAt(model, i);
@@ -203,15 +251,15 @@ export class RedisUsers implements UserStore {
       if (tokenKey(t) !== hint.token) continue;
       const cached = this.records.get(hint.key);
       const stored = cached?.state;
-      if (cached === undefined || stored === undefined) break;
+      if (cached === undefined || stored === undefined) return this.link.up ? 'stale' : 'no';
       const s: TokenState = { spec: t, ...stored };
       if (s.lastOtp !== hint.otp || isLocked(s, now, this.policy) || !lingerActive(s, ip, now, this.policy)) break;
       cached.state = { ...stored, lastActive: now };
       this.shareIdleClock(hint.key, cached, now);
-      return true;
+      return 'ride';
     }
     this.lingers.delete(lingerKey);
-    return false;
+    return 'no';
   }
 
   /**
@@ -232,7 +280,8 @@ export class RedisUsers implements UserStore {
   /** Redis has a newer version of a token than what may be cached: forget the cached state. */
   private announced(key: string, version: number): void {
     const cached = this.records.peek(key);
-    if (cached === undefined || cached.version < version) this.records.set(key, { version, state: undefined });
+    // Versions come from one sequence: any other version is newer (after a reset of Redis, a lower one too).
+    if (cached === undefined || cached.version !== version) this.records.set(key, { version, state: undefined });
   }
 
   /** Cache what was read or written, unless a newer version was announced meanwhile. */
@@ -243,7 +292,7 @@ export class RedisUsers implements UserStore {
   }
 
   /** Run one login's decision after the ones of the same login before it in this gateway. */
-  private inTurn(login: string, request: Login): Promise<Outcome> {
+  private inTurn(login: string, run: (answer: (o: Outcome) => void) => Promise<void>): Promise<Outcome> {
     const before = this.turns.get(login) ?? Promise.resolve();
     return new Promise<Outcome>((resolve) => {
       let answered = false;
@@ -253,7 +302,7 @@ export class RedisUsers implements UserStore {
           resolve(o);
         }
       };
-      const turn = before.then(() => this.decideAndWrite(request, answer)).catch((err: Error) => {
+      const turn = before.then(() => run(answer)).catch((err: Error) => {
         this.log.error({ event: 'state_store_failed', err: err.message }, `state store: could not decide a login: ${err.message}`);
       }).finally(() => {
         answer(UNAVAILABLE);
@@ -280,6 +329,12 @@ export class RedisUsers implements UserStore {
       }
       const tokens = lines.map((i) => tokenAt(model, i));
       const keys = tokens.map((t) => this.store.keyOf(t));
+      if (new Set(keys).size !== keys.length) {
+        // Two lines of one token (its PINs differ): one record, written twice by one decision. Refused.
+        this.duplicated(r.login);
+        answer(unknownLogin(lines));
+        return;
+      }
       let records: StoredRecord[];
       try {
         records = await this.store.readAll(keys);
@@ -318,20 +373,22 @@ export class RedisUsers implements UserStore {
         answered = true;
       }
       const writes = keys.map((key, k) => ({ key, version: records[k]?.version ?? 0, next: next.has(k) ? storedOf(next.get(k) as TokenState) : undefined }));
-      let written: boolean;
+      // A grant that must reach replicas goes on its own connection: its WAIT holds nobody else up.
+      const store = grants ? this.grantStore : this.store;
+      let version: number;
       try {
-        written = await this.store.compareAndSetAll(writes);
+        version = await store.compareAndSetAll(writes);
       } catch (err) {
         // Not known whether it was written: never granted, and never taken for a refusal's count lost.
         this.unreachable(err);
         return;
       }
-      if (!written) {
+      if (version === 0) {
         this.conflicts++;
         continue;
       }
-      if (grants && this.waitReplicas > 0 && !(await this.replicated())) return;
-      writes.forEach((w, k) => this.remember(w.key, w.next === undefined ? w.version : w.version + 1, w.next ?? records[k]?.state));
+      if (grants && this.waitReplicas > 0 && !(await this.replicated(tokens, writes, version, verdict))) return;
+      writes.forEach((w, k) => this.remember(w.key, w.next === undefined ? w.version : version, w.next ?? records[k]?.state));
       if (verdict.granted && verdict.line !== undefined) {
         const otp = verdict.changes.get(verdict.line)?.lastOtp;
         if (otp !== undefined) this.lingers.set(r.lingerKey, { key: keys[verdict.line] as string, token: tokenKey(tokens[verdict.line] as TokenLine), otp });
@@ -356,21 +413,44 @@ export class RedisUsers implements UserStore {
     }
   }
 
-  /** A grant waits until enough replicas have it (state.waitReplicas): a failover then cannot bring its code back. */
-  private async replicated(): Promise<boolean> {
+  /**
+   * A grant waits until enough replicas have it (state.waitReplicas): a
+   * failover then cannot bring its code back. If they do not confirm in time,
+   * the login gets 503 and its linger is ended at once (the code stays used):
+   * the browser's retry must not ride a linger that no replica has.
+   */
+  private async replicated(
+    tokens: readonly TokenLine[], writes: readonly { key: string; next?: StoredState | undefined }[], version: number, verdict: Verdict,
+  ): Promise<boolean> {
     try {
       // Below commandTimeout: WAIT itself must answer before the client gives up on it.
-      const acked = await this.store.replicated(this.waitReplicas, Math.max(1, this.commandTimeoutMs - 250));
+      const acked = await this.grantStore.replicated(this.waitReplicas, Math.max(1, this.commandTimeoutMs - 250));
       if (acked >= this.waitReplicas) return true;
       this.log.warn({ event: 'state_store_replicas', acked, wanted: this.waitReplicas },
         `state store: ${acked} of ${this.waitReplicas} replicas have the login's write; answered 503`);
     } catch (err) {
       this.unreachable(err);
     }
+    const k = verdict.line;
+    const line = k === undefined ? undefined : writes[k];
+    const spec = k === undefined ? undefined : tokens[k];
+    if (line?.next !== undefined && spec !== undefined) {
+      const ended = storedOf(endLinger({ spec, ...line.next }, this.policy.maxOffset));
+      await this.store.compareAndSetAll([{ key: line.key, version, next: ended }]).catch(() => undefined);
+    }
     return false;
   }
 
+  private readonly reportedDuplicates = new Set<string>();
+  private duplicated(login: string): void {
+    if (this.reportedDuplicates.has(login)) return;
+    this.reportedDuplicates.add(login);
+    this.log.warn({ event: 'users_file_line', file: this.path, user: login },
+      `${this.path}: ${login} has two lines with the same token type and key: with store: redis it cannot log in until one is removed`);
+  }
+
   private unreachable(err: unknown): void {
+    this.link.suspect();
     this.log.warn({ event: 'state_store_error', err: (err as Error).message }, `state store: ${(err as Error).message}; answered 503`);
   }
 }

@@ -50,21 +50,21 @@ t.test('a user\'s lines together: all or nothing, also for a line only checked',
   const store = new RedisTokenStore(client(t, server.url), 'otpgate:');
   const a = token(`HOTP fay ${PIN} ${KEY} 0 2`);
   const b = token(`HOTP/T30 fay ${PIN} ${secretKey(randomBytes(20).toString('hex'))} 0 2`);
-  t.equal(await store.compareAndSetAll([{ key: store.keyOf(a), version: 0, next: { counter: 0, failures: 2 } }, { key: store.keyOf(b), version: 0, next: { counter: 0, failures: 2 } }]), true);
+  t.equal(await store.compareAndSetAll([{ key: store.keyOf(a), version: 0, next: { counter: 0, failures: 2 } }, { key: store.keyOf(b), version: 0, next: { counter: 0, failures: 2 } }]), 1);
   // A login on line a also clears line b's failures: both written at once.
   t.equal(await store.compareAndSetAll([
     { key: store.keyOf(a), version: 1, next: { counter: 1, failures: 0, lastOtp: '333333', lastTime: 1_800_000_000, lastIp: '10.0.0.2' } },
     { key: store.keyOf(b), version: 1, next: { counter: 0, failures: 0 } },
-  ]), true);
+  ]), 2, 'the new version');
   t.same([(await store.read(a)).version, (await store.read(b)).version], [2, 2]);
   // Another gateway wrote line b meanwhile: a decision that read b at version 2 writes nothing, not even on a.
   t.equal(await store.compareAndSet(b, 2, { counter: 0, failures: 1 }), true);
-  t.equal(await store.compareAndSetAll([{ key: store.keyOf(a), version: 2, next: { counter: 2, failures: 0 } }, { key: store.keyOf(b), version: 2 }]), false);
+  t.equal(await store.compareAndSetAll([{ key: store.keyOf(a), version: 2, next: { counter: 2, failures: 0 } }, { key: store.keyOf(b), version: 2 }]), 0);
   t.equal((await store.read(a)).state?.counter, 1, 'line a untouched');
-  t.equal(await store.compareAndSetAll([{ key: store.keyOf(a), version: 2, next: { counter: 2, failures: 0 } }, { key: store.keyOf(b), version: 3 }]), true,
+  t.equal(await store.compareAndSetAll([{ key: store.keyOf(a), version: 2, next: { counter: 2, failures: 0 } }, { key: store.keyOf(b), version: 3 }]), 4,
     'decided again on what is there: written');
-  t.same([(await store.read(a)).version, (await store.read(b)).version, (await store.read(b)).state?.failures], [3, 3, 1],
-    'a line only checked keeps its state and version');
+  t.same([(await store.read(a)).version, (await store.read(b)).version, (await store.read(b)).state?.failures], [4, 3, 1],
+    'a line only checked keeps its state and version; versions come from one sequence');
 });
 
 t.test('a touch moves the idle clock forward only, without a version; a write never moves it back', async (t) => {
@@ -111,6 +111,18 @@ t.test('kill -9 of redis-server: what was written is there after the restart, an
   t.match(await store.read(tok), { version: 50, state: { counter: 50, failures: 0, lastOtp: undefined } }, 'every acknowledged write survived (appendfsync always)');
 });
 
+t.test('a version never repeats: a record deleted and written again gets a new one', async (t) => {
+  const server = await startRedis(t);
+  const redis = client(t, server.url);
+  const store = new RedisTokenStore(redis, 'otpgate:');
+  const tok = token(`HOTP ida ${PIN} ${KEY} 0 0`);
+  t.equal(await store.compareAndSet(tok, 0, { counter: 1, failures: 0 }), true);
+  t.equal(await store.compareAndSet(tok, 1, { counter: 2, failures: 0 }), true);
+  await redis.del(store.keyOf(tok));
+  t.equal(await store.compareAndSetAll([{ key: store.keyOf(tok), version: 0, next: { counter: 1, failures: 0 } }]), 3,
+    'a gateway that cached version 2 sees 3, not 1 again');
+});
+
 t.test('Redis holds no login, PIN or key', async (t) => {
   const server = await startRedis(t);
   const redis = client(t, server.url);
@@ -118,8 +130,8 @@ t.test('Redis holds no login, PIN or key', async (t) => {
   const tok = token(`HOTP erin ${PIN} ${KEY} 0 0`);
   await store.compareAndSet(tok, 0, { counter: 1, failures: 0, lastOtp: '222222', lastTime: 1_800_000_000, lastIp: '10.0.0.9' });
   const keys = await redis.keys('*');
-  t.same(keys, [store.keyOf(tok)]);
-  t.match(keys[0], /^otpgate:token:[0-9a-f]{64}$/);
-  const dump = JSON.stringify([keys, await redis.hgetall(keys[0] as string)]);
+  t.same(keys.sort(), [store.keyOf(tok), 'otpgate:version'].sort(), 'a record and the version sequence');
+  t.match(store.keyOf(tok), /^otpgate:token:[0-9a-f]{64}$/);
+  const dump = JSON.stringify([keys, await redis.hgetall(store.keyOf(tok))]);
   for (const s of ['erin', PIN, KEY]) t.notOk(dump.includes(s), 'neither in key names nor in values');
 });

@@ -23,6 +23,7 @@ t.test('what is wrong, in one line, never the password', async (t) => {
     ['redis://a,b:6379', /several only with redis\+sentinel/],
     ['redis://h:99999', /expected one host/],
     ['redis://h/x', /database number/],
+    ['redis://h/16', /database number 0-15/],
     ['redis+sentinel://s1:26379', /master's name/],
     ['redis+sentinel://s1:26379/m/x', /database number/],
     ['redis+sentinel://s1:x/m', /each Sentinel/],
@@ -33,4 +34,9 @@ t.test('what is wrong, in one line, never the password', async (t) => {
     t.match(r, why, url);
   }
   t.notMatch(parseRedisUrl('redis://u:hunter2@a,b'), /hunter2/, 'the password is not echoed');
+  for (const url of ['redis://otpgate:S3cr@tPass@10.0.0.5:6379', 'redis://otpgate:Pa/ssword9@10.0.0.5', 'redis+sentinel://:x@y@s1,s2/m']) {
+    const r = parseRedisUrl(url);
+    t.type(r, 'string', 'a password with an unescaped @ or / is refused');
+    t.notMatch(r, /tPass|ssword9|Pa|x@y|y@/, 'and no part of it is echoed');
+  }
 });

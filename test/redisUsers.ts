@@ -345,8 +345,10 @@ t.test('waitReplicas: a login no replica confirmed in time is not granted (503)'
   const { users, keys } = hotpUsers(1);
   const { gws: [a] = [] } = await gateways(t, users, 1, { state: { waitReplicas: 1, commandTimeout: 0.5 } });
   if (!a) throw new Error('a gateway');
-  t.equal((await login(a, 'u0', `${PIN}${rfcHotp(keys[0] as string, 0)}`)).status, 503);
+  const pw = `${PIN}${rfcHotp(keys[0] as string, 0)}`;
+  t.equal((await login(a, 'u0', pw)).status, 503);
   t.ok(a.logs.lines.some((l) => l.event === 'state_store_replicas' && l.acked === 0), 'the log says why');
+  t.equal((await login(a, 'u0', pw)).status, 401, 'the browser\'s retry does not ride a linger no replica has: the code is used');
 });
 
 t.test('a new PIN in the file ends the rides of the old credentials at once', async (t) => {
@@ -375,4 +377,54 @@ t.test('started while Redis is unreachable: says so in the log, 503 for logins, 
   await redis.restart();
   await connected(gw);
   t.equal((await login(gw, 'u0', `${PIN}${rfcHotp(keys[0] as string, 0)}`)).status, 200, 'logins once it is there');
+});
+
+t.test('a hung Redis (SIGSTOP, connections open) is noticed within seconds: 503, health, lingerWhileDown; back when it resumes', async (t) => {
+  const { users, keys } = hotpUsers(2);
+  const { gws: [a] = [], redis, clock } = await gateways(t, users, 1, { state: { commandTimeout: 0.5, lingerWhileDown: 60 } });
+  if (!a) throw new Error('a gateway');
+  const pw = `${PIN}${rfcHotp(keys[0] as string, 0)}`;
+  t.equal((await login(a, 'u0', pw)).status, 200);
+  redis.pause();
+  await connected(a, false);
+  t.ok(a.logs.lines.some((l) => l.event === 'state_store_unresponsive'), 'the heartbeat found it');
+  t.equal((await login(a, 'u1', `${PIN}${rfcHotp(keys[1] as string, 0)}`)).status, 503, 'a fresh login: 503');
+  t.equal((await login(a, 'u0', pw)).status, 200, 'the linger rides within lingerWhileDown');
+  clock.now += 61;
+  t.equal((await login(a, 'u0', pw)).status, 503, 'then not');
+  redis.resume();
+  await connected(a);
+  t.equal((await login(a, 'u1', `${PIN}${rfcHotp(keys[1] as string, 0)}`)).status, 200, 'back');
+});
+
+t.test('a logout while Redis is down: 503, not a 401 that looks like a logout', async (t) => {
+  const { users, keys } = hotpUsers(1);
+  const { gws: [a] = [], redis } = await gateways(t, users, 1);
+  if (!a) throw new Error('a gateway');
+  const pw = `${PIN}${rfcHotp(keys[0] as string, 0)}`;
+  t.equal((await login(a, 'u0', pw)).status, 200);
+  await redis.kill();
+  await connected(a, false);
+  t.equal((await request(a.port, { path: '/otpgate/logout', headers: { Authorization: basic('u0', pw) } })).status, 503);
+});
+
+t.test('two lines of one token (different PINs) cannot log in with store: redis, and say why', async (t) => {
+  const key = secretKey(randomBytes(20).toString('hex'));
+  const pin2 = secret('0therPinZ');
+  const { gws: [a] = [] } = await gateways(t, `HOTP dup ${PIN} ${key} 0\nHOTP dup ${pin2} ${key} 0\n`, 1);
+  if (!a) throw new Error('a gateway');
+  t.equal((await login(a, 'dup', `${PIN}${rfcHotp(key, 0)}`)).status, 401);
+  t.ok(a.logs.lines.some((l) => l.event === 'users_file_line' && /two lines with the same token type and key/.test(String(l.msg))));
+});
+
+t.test('another gateway\'s wrong guess does not cost a lingering session its cached ride', async (t) => {
+  const { users, keys } = hotpUsers(1);
+  const { gws: [a, b] = [] } = await gateways(t, users, 2);
+  if (!a || !b) throw new Error('two gateways');
+  const pw = `${PIN}${rfcHotp(keys[0] as string, 0)}`;
+  t.equal((await login(a, 'u0', pw)).status, 200);
+  t.equal((await login(b, 'u0', `${PIN}999999`)).status, 401, 'a guess on B changes the record');
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal((await login(a, 'u0', pw)).status, 200, 'A rides on after reading the record again');
+  t.ok(a.logs.lines.every((l) => l.reason !== 'bad_pin' && l.reason !== 'bad_otp'), 'no full check that could count');
 });

@@ -14,6 +14,10 @@ export interface RedisServer {
   kill(): Promise<void>;
   /** start again on the same port and data */
   restart(): Promise<void>;
+  /** SIGSTOP: a hung server, its connections left open */
+  pause(): void;
+  /** SIGCONT */
+  resume(): void;
 }
 
 export async function startRedis(t: { teardown(fn: () => void | Promise<void>): void }, options: { replicaOf?: number } = {}): Promise<RedisServer> {
@@ -41,7 +45,9 @@ export async function startRedis(t: { teardown(fn: () => void | Promise<void>): 
   };
   t.teardown(kill);
   await run();
-  return { port, url: `redis://127.0.0.1:${port}`, kill, restart: run };
+  const signal = (s: NodeJS.Signals) => (): void => { child?.kill(s); };
+  t.teardown(signal('SIGCONT')); // a paused server ignores nothing but SIGKILL, but may be waited on
+  return { port, url: `redis://127.0.0.1:${port}`, kill, restart: run, pause: signal('SIGSTOP'), resume: signal('SIGCONT') };
 }
 
 /**
