@@ -151,6 +151,10 @@ export async function start(config: Config, log: Logger, reread?: () => Config, 
           running.users.setSafety(safetyOf(next));
           await running.users.reload();
         }
+        // A new state store gets a moment to connect before it takes over: logins would get 503 meanwhile.
+        for (let waited = 0; nextUsers !== running.users && nextUsers.shared?.up === false && waited < 5000; waited += 50) {
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
         gateway.swap(next, nextUsers);
         nextUsers.setPolicy(policyOf(next));
       } catch (err) {

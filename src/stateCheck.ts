@@ -36,7 +36,10 @@ export async function checkStateStore(state: StateConfig, source: string): Promi
         return undefined; // CONFIG may be denied to the gateway's ACL user: nothing to say then
       }
     };
-    const [aof, fsync] = [await setting('appendonly'), await setting('appendfsync')];
+    const [aof, fsync, eviction] = [await setting('appendonly'), await setting('appendfsync'), await setting('maxmemory-policy')];
+    if (eviction !== undefined && eviction !== 'noeviction') {
+      warnings.push(`${where}: maxmemory-policy is ${eviction}: Redis may evict records, and their codes work again (set noeviction)`);
+    }
     if (aof === 'no') warnings.push(`${where}: appendonly is off: a crash of Redis loses logins, and their codes work again (set appendonly yes, appendfsync always)`);
     else if (fsync !== undefined && fsync !== 'always') warnings.push(`${where}: appendfsync is ${fsync}: a crash of Redis can lose the last logins, and their codes work again (set appendfsync always)`);
     return { problems: [], warnings, summary: `state store ${where} reachable (master)` };

@@ -272,6 +272,9 @@ t.test('store: redis: check-config tries Redis; two real `otpgate serve` process
   await client.config('SET', 'appendfsync', 'everysec');
   t.match((await run(['check-config', '--config', a.config])).stderr, /^warning: redis:\/\/127\.0\.0\.1:\d+: appendfsync is everysec: a crash of Redis can lose the last logins/);
   await client.config('SET', 'appendfsync', 'always');
+  await client.config('SET', 'maxmemory-policy', 'allkeys-lru');
+  t.match((await run(['check-config', '--config', a.config])).stderr, /^warning: .*maxmemory-policy is allkeys-lru: Redis may evict records/);
+  await client.config('SET', 'maxmemory-policy', 'noeviction');
   const gws = [await spawnGateway(a.config), await spawnGateway(b.config)];
   t.teardown(() => { for (const gw of gws) gw.child.kill('SIGTERM'); });
   const health = async (gw: SpawnedGateway): Promise<Record<string, unknown>> =>
