@@ -27,7 +27,7 @@ import { RedisTokenStore, type StoredRecord, type ThrottleEvent } from './redisS
 import { effectiveState, storedOf, type StoredState } from './sharedState.js';
 import {
   checkPin, DECOY_PIN, hashedTokensOf, hmacPads, LINGER, lingerKeyOf, tokenKey, UNAVAILABLE, unknownLogin, verifiedPinsOf,
-  type FileSafety, type Outcome, type WriteObserver,
+  type FileSafety, type LoginRequest, type Outcome, type WriteObserver,
 } from './usersFile.js';
 import { UsersFileWatch } from './usersFileWatch.js';
 import { tokenAt, type TokenLine } from './usersFileFormat.js';
@@ -50,16 +50,6 @@ interface Cached {
   state: StoredState | undefined;
   /** the idle clock as last sent to Redis */
   sharedActive?: number | undefined;
-}
-
-interface Login {
-  readonly login: string;
-  readonly password: string;
-  readonly ip: string;
-  readonly logout: boolean;
-  readonly usualIp: boolean;
-  readonly lingerKey: string;
-  readonly verifiedPins?: ReadonlySet<string> | undefined;
 }
 
 /** How often one login is decided again after losing races, before it gets 503. */
@@ -174,7 +164,7 @@ export class RedisUsers implements UserStore {
     // Unknown logins and known ones alike: 503 at once while Redis is down.
     if (!this.link.commandsUp) return UNAVAILABLE;
     if (!known) return this.unknown(login, password, ip, lines);
-    const request: Login = { login, password, ip, logout, usualIp, lingerKey };
+    const request: LoginRequest = { login, password, ip, logout, usualIp, lingerKey };
     // The record of a linger these credentials rode changed (another gateway's
     // wrong guess, a reconnect): read it again, and ride on if it still holds.
     if (ride === 'stale') return this.rideAfterRead(lines, request).then((rode) => (rode ? LINGER : this.fresh(request)));
@@ -182,7 +172,7 @@ export class RedisUsers implements UserStore {
   }
 
   /** Check PIN hashes if any, then decide in the login's turn. */
-  private fresh(request: Login): Promise<Outcome> {
+  private fresh(request: LoginRequest): Promise<Outcome> {
     const { login, password, ip } = request;
     const model = this.file.model;
     const lines = model.index.get(login) ?? [];
@@ -201,7 +191,7 @@ export class RedisUsers implements UserStore {
   }
 
   /** Read the record a hint points to, then try the ride again. */
-  private async rideAfterRead(lines: readonly number[], r: Login): Promise<boolean> {
+  private async rideAfterRead(lines: readonly number[], r: LoginRequest): Promise<boolean> {
     const hint = this.lingers.get(r.lingerKey);
     if (hint === undefined) return false;
     try {
@@ -318,7 +308,7 @@ export class RedisUsers implements UserStore {
    * login's); its failure count is written after. A grant or logout is
    * answered once Redis has it.
    */
-  private async decideAndWrite(r: Login, answer: (o: Outcome) => void): Promise<void> {
+  private async decideAndWrite(r: LoginRequest, answer: (o: Outcome) => void): Promise<void> {
     let answered = false;
     for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
       const model = this.file.model;
@@ -400,7 +390,7 @@ export class RedisUsers implements UserStore {
   }
 
   /** A linger decided after a read: remember the credentials, move the idle clock here. */
-  private rode(r: Login, tokens: readonly TokenLine[], keys: readonly string[], verdict: Verdict, now: number): void {
+  private rode(r: LoginRequest, tokens: readonly TokenLine[], keys: readonly string[], verdict: Verdict, now: number): void {
     const line = verdict.line as number;
     const key = keys[line] as string;
     const s = verdict.changes.get(line);

@@ -47,8 +47,8 @@ interface Memory {
   linger?: { otp: string; time: number; ip: string } | undefined;
 }
 
-/** One authentication, as decided now and again in the group commit. */
-interface Request {
+/** One authentication, as decided now and again in the group commit (or, store: redis, after a lost race). */
+export interface LoginRequest {
   readonly login: string;
   readonly password: string;
   readonly ip: string;
@@ -60,7 +60,7 @@ interface Request {
   readonly verifiedPins?: ReadonlySet<string> | undefined;
 }
 
-interface Pending extends Request {
+interface Pending extends LoginRequest {
   /** refused already (a failure to count): never grants, whatever the file now says */
   readonly answered: boolean;
   resolve(outcome: Outcome): void;
@@ -522,7 +522,7 @@ export class UsersFile implements UserStore {
     const lingerKey = this.lingerKeyOf(login, password);
     const now = this.clock();
     if (!logout && this.rideCached(lines, lingerKey, ip, now)) return LINGER;
-    const request: Request = { login, password, ip, logout, usualIp, lingerKey };
+    const request: LoginRequest = { login, password, ip, logout, usualIp, lingerKey };
     if (this.model.hashedPins === 0) return this.decideNow(lines, request, now);
     const hashed = hashedTokensOf(this.model, lines);
     // In a file with hashed PINs a plain-PIN login costs a scrypt too: the time taken tells
@@ -540,7 +540,7 @@ export class UsersFile implements UserStore {
   }
 
   /** Decide against the file and memory as they are now (PINs hashed in the file already verified). */
-  private decideNow(lines: readonly number[], request: Request, now: number): Outcome | Promise<Outcome> {
+  private decideNow(lines: readonly number[], request: LoginRequest, now: number): Outcome | Promise<Outcome> {
     const { login, password, ip, logout, usualIp, lingerKey, verifiedPins } = request;
     const states = lines.map((i) => this.stateOf(this.model, i, now));
     // The file's last login IP makes an IP usual too (the caller knows only recent logins of this process).
