@@ -293,3 +293,30 @@ t.test('store: redis: check-config tries Redis; two real `otpgate serve` process
   t.equal(down.code, 2);
   t.match(down.stderr, /^.*otpgate\.yaml: state\.url: cannot reach redis:\/\/127\.0\.0\.1:\d+ \(ECONNREFUSED\)\n$/, 'one line naming the key');
 });
+
+t.test('switching a running gateway from file to redis with SIGHUP, and back with users export: no code works twice', async (t) => {
+  const redis = await startRedis(t);
+  const backend = await startBackend(t);
+  const { dir, config, usersFile } = project(t);
+  const fileConfig = `listen: 127.0.0.1:0\nupstream: ${backend.url}\nusersFile: otp-users\nmaxLinger: 0\n`;
+  writeFileSync(config, fileConfig);
+  const gw = await spawnGateway(config);
+  t.teardown(() => { gw.child.kill('SIGKILL'); });
+  for (const c of [0, 1]) t.equal((await request(gw.port, { auth: ['alice', password(c)] })).status, 200, `file store: code ${c}`);
+  writeFileSync(config, `${fileConfig}state: { store: redis, url: "${redis.url}" }\n`);
+  gw.child.kill('SIGHUP');
+  await waitForLog(gw, 'reload', 2);
+  t.equal((await request(gw.port, { auth: ['alice', password(1)] })).status, 401, 'redis: the file\'s last code is used');
+  for (const c of [2, 3]) t.equal((await request(gw.port, { auth: ['alice', password(c)] })).status, 200, `redis: code ${c}`);
+  t.match(readFileSync(usersFile, 'utf8'), /^HOTP\s+alice\s+\S+\s+\S+\s+2\s/, 'the file kept its counter: Redis has the state now');
+  const exported = join(dir, 'otp-users.export');
+  const out = await run(['users', 'export', '--format', 'mod_authn_otp', '-c', config, '-o', exported]);
+  t.equal(out.code, 0, out.stderr);
+  renameSync(exported, usersFile);
+  writeFileSync(config, fileConfig);
+  gw.child.kill('SIGHUP');
+  await waitForLog(gw, 'reload', 3);
+  t.equal((await request(gw.port, { auth: ['alice', password(3)] })).status, 401, 'back on the file: the last code used under Redis is used');
+  t.equal((await request(gw.port, { auth: ['alice', password(4)] })).status, 200, 'the next one logs in');
+  t.match(readFileSync(usersFile, 'utf8'), /^HOTP\s+alice\s+\S+\s+\S+\s+5\s/, 'and the file is written again');
+});
