@@ -116,6 +116,12 @@ function tokenLinesOf(model: UsersFileModel, s: Settings, login: string): number
   return tokens;
 }
 
+/** The token lines of `login` as the file has them now. */
+function userTokens(s: Settings, login: string): TokenLine[] {
+  const model = read(s);
+  return tokenLinesOf(model, s, login).map((i) => tokenAt(model, i));
+}
+
 const edit = <T>(s: Settings, fn: (model: UsersFileModel) => { model?: UsersFileModel; result: T }): Promise<T> =>
   editUsersFile(s.usersFile, { safety: s.safety, lockTimeoutMs: s.lockTimeoutMs }, fn);
 
@@ -402,8 +408,7 @@ export function usersCommand(prompter: Prompter): Command {
       const s = settingsOf(opts);
       if (s.shared !== undefined) {
         // store: redis: every layout keeps its count in Redis; the gateways' throttles are told to forget the account.
-        const file = read(s);
-        const tokens = tokenLinesOf(file, s, login).map((i) => tokenAt(file, i));
+        const tokens = userTokens(s, login);
         await withShared(s, async (r) => r?.admin.unlockShared(r.store, login, tokens, s.policy, now));
         out(`${login}: failure count cleared`);
         return;
@@ -425,8 +430,7 @@ export function usersCommand(prompter: Prompter): Command {
     .action(async (login: string, opts: FileOptions) => {
       const s = settingsOf(opts);
       if (s.shared !== undefined) {
-        const file = read(s);
-        const tokens = tokenLinesOf(file, s, login).map((i) => tokenAt(file, i));
+        const tokens = userTokens(s, login);
         const ended = await withShared(s, async (r) => r?.admin.logoutShared(r.store, login, tokens, s.policy, now));
         out(ended === true ? `${login}: logged out` : `${login}: no linger recorded`);
         return;

@@ -13,11 +13,10 @@ import { lingerActive } from './linger.js';
 import { stepAt } from './otp.js';
 import { redisOptionsOf } from './redisLink.js';
 import { RedisTokenStore, type StoredRecord } from './redisState.js';
-import { effectiveState, storedOf, type StoredState } from './sharedState.js';
-import { resynced, resyncProblem, userRows, type UserRow } from './usersAdmin.js';
+import { effectiveState, lineStateOf, storedOf, type StoredState } from './sharedState.js';
+import { changeLines, resynced, resyncProblem, userRows, type UserRow } from './usersAdmin.js';
 import {
-  exportLine, formatLine, lineState, parseLine, sameLineState, tokenAt, withChangedLines,
-  type ExportFormat, type LineState, type TokenLine, type UsersFileModel,
+  exportLine, formatLine, lineState, parseLine, tokenAt, type ExportFormat, type TokenLine, type UsersFileModel,
 } from './usersFileFormat.js';
 
 /** How long the CLI waits for the state store before giving up. */
@@ -124,25 +123,13 @@ export async function effectiveStates(shared: SharedStore, tokens: readonly Toke
   return tokens.map((t, k) => effectiveState(t, records[k]?.state, now, policy).state);
 }
 
-/** A state in the file's terms (what a line can record of it). */
-const lineStateOf = (s: TokenState): LineState => ({
-  counter: s.counter, failures: s.failures,
-  ...(s.lastOtp !== undefined ? { lastOtp: s.lastOtp } : {}),
-  ...(s.lastTime !== undefined ? { lastTime: s.lastTime } : {}),
-  ...(s.lastIp !== undefined ? { lastIp: s.lastIp } : {}),
-});
-
 /** The file as it would read with each listed line holding `states` (same order): a view, never written. */
 export function virtualModel(model: UsersFileModel, lines: readonly number[], states: readonly TokenState[]): UsersFileModel {
-  const changes = new Map<number, LineState>();
-  lines.forEach((i, k) => {
-    const s = states[k];
-    const token = tokenAt(model, i);
-    if (s === undefined) return;
-    const next = lineStateOf(s);
-    if (!sameLineState(next, lineState(token), token)) changes.set(i, next);
+  const byToken = new Map(lines.map((i, k) => [tokenAt(model, i), states[k]]));
+  return changeLines(model, lines, (token, before) => {
+    const s = byToken.get(token);
+    return s === undefined ? before : lineStateOf(s);
   });
-  return withChangedLines(model, changes);
 }
 
 const tokenLines = (model: UsersFileModel, only?: string): number[] => {

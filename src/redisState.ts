@@ -123,6 +123,9 @@ export function eventOf(message: string): StateEvent | undefined {
   return undefined;
 }
 
+/** Where version and throttle news for gateways with this key prefix go. */
+export const channelOf = (prefix: string): string => `${prefix}events`;
+
 // Key names are computed on every lingering request: cached per line object.
 const keyNames = new WeakMap<TokenLine, string>();
 
@@ -137,7 +140,7 @@ export class RedisTokenStore {
     redis.defineCommand('otpgateCompareAndSet', { lua: COMPARE_AND_SET });
     redis.defineCommand('otpgateTouch', { numberOfKeys: 1, lua: TOUCH });
     this.scripts = redis as unknown as Scripts;
-    this.channel = `${prefix}events`;
+    this.channel = channelOf(prefix);
     this.sequence = `${prefix}version`;
   }
 

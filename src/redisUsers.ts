@@ -23,10 +23,10 @@ import { decide, decoyCheck, endLinger, isLocked, type Policy, type TokenState, 
 import { lingerActive } from './linger.js';
 import type { StateConfig } from './config.js';
 import { RedisLink } from './redisLink.js';
-import { RedisTokenStore, type StoredRecord, type ThrottleEvent } from './redisState.js';
+import { channelOf, RedisTokenStore, type StoredRecord, type ThrottleEvent } from './redisState.js';
 import { effectiveState, storedOf, type StoredState } from './sharedState.js';
 import {
-  checkPin, DECOY_PIN, hashedTokensOf, hmacPads, LINGER, lingerKeyOf, tokenKey, UNAVAILABLE, unknownLogin, verifiedPinsOf,
+  checkPin, DECOY_PIN, hashedTokensOf, hmacPads, LINGER, lingerKeyOf, outcomeOf, tokenKey, UNAVAILABLE, unknownLogin, verifiedPinsOf,
   type FileSafety, type LoginRequest, type Outcome, type WriteObserver,
 } from './usersFile.js';
 import { UsersFileWatch } from './usersFileWatch.js';
@@ -55,8 +55,6 @@ interface Cached {
 /** How often one login is decided again after losing races, before it gets 503. */
 const MAX_ATTEMPTS = 20;
 
-const outcomeOf = (v: Verdict): Outcome =>
-  (v.counted ? { granted: v.granted, reason: v.reason, counted: true } : { granted: v.granted, reason: v.reason });
 
 export class RedisUsers implements UserStore {
   readonly path: string;
@@ -96,7 +94,7 @@ export class RedisUsers implements UserStore {
     this.commandTimeoutMs = options.state.commandTimeout * 1000;
     this.file = new UsersFileWatch(options.path, options.safety, options.log, options.pollMs ?? 1000);
     try {
-      this.link = new RedisLink(options.state, `${options.state.keyPrefix}events`, options.log, this.clock);
+      this.link = new RedisLink(options.state, channelOf(options.state.keyPrefix), options.log, this.clock);
     } catch (err) {
       this.file.close(); // a TLS file that cannot be read: nothing keeps running
       throw err;
@@ -332,6 +330,7 @@ export class RedisUsers implements UserStore {
         this.unreachable(err);
         return;
       }
+      keys.forEach((key, k) => this.remember(key, records[k]?.version ?? 0, records[k]?.state));
       const now = this.clock();
       const effective = tokens.map((t, k) => effectiveState(t, records[k]?.state, now, this.policy));
       const states = effective.map((e) => e.state);
@@ -344,7 +343,6 @@ export class RedisUsers implements UserStore {
       if (answered && grants) return;
       if (verdict.reason === 'linger') {
         // Nothing to write (a linger decides nothing new; a locked line cannot linger).
-        keys.forEach((key, k) => this.remember(key, records[k]?.version ?? 0, records[k]?.state));
         this.rode(r, tokens, keys, verdict, now);
         answer(outcomeOf(verdict));
         return;
@@ -354,7 +352,6 @@ export class RedisUsers implements UserStore {
       for (const [k, s] of verdict.changes) next.set(k, s);
       if (verdict.reason === 'locked') decoyCheck(r.password, this.policy); // the work a check would have cost
       if (next.size === 0) {
-        keys.forEach((key, k) => this.remember(key, records[k]?.version ?? 0, records[k]?.state));
         answer(outcomeOf(verdict));
         return;
       }
@@ -378,7 +375,7 @@ export class RedisUsers implements UserStore {
         continue;
       }
       if (grants && this.waitReplicas > 0 && !(await this.replicated(tokens, writes, version, verdict))) return;
-      writes.forEach((w, k) => this.remember(w.key, w.next === undefined ? w.version : version, w.next ?? records[k]?.state));
+      for (const w of writes) if (w.next !== undefined) this.remember(w.key, version, w.next);
       if (verdict.granted && verdict.line !== undefined) {
         const otp = verdict.changes.get(verdict.line)?.lastOtp;
         if (otp !== undefined) this.lingers.set(r.lingerKey, { key: keys[verdict.line] as string, token: tokenKey(tokens[verdict.line] as TokenLine), otp });

@@ -7,16 +7,23 @@
 // file meanwhile) wins over Redis. So no counter Redis or the file has ever
 // reached goes back, and no code used under either works again.
 import { isLocked, lastUsedStep, type Policy, type TokenState } from './decision.js';
-import { lineState, type TokenLine } from './usersFileFormat.js';
+import { lineState, type LineState, type TokenLine } from './usersFileFormat.js';
 
 /** Everything of a token's state but its spec (the file's line). */
 export type StoredState = Omit<TokenState, 'spec'>;
 
-/** The file line's own state, as the decision sees it. */
-export function fileStateOf(token: TokenLine): TokenState {
-  const s = lineState(token);
+/** A line's state (by default the file's own) as the decision sees it. */
+export function fileStateOf(token: TokenLine, s: LineState = lineState(token)): TokenState {
   return { spec: token, counter: s.counter, failures: s.failures, lastOtp: s.lastOtp, lastTime: s.lastTime, lastIp: s.lastIp };
 }
+
+/** What a line can record of a state. */
+export const lineStateOf = (s: TokenState): LineState => ({
+  counter: s.counter, failures: s.failures,
+  ...(s.lastOtp !== undefined ? { lastOtp: s.lastOtp } : {}),
+  ...(s.lastTime !== undefined ? { lastTime: s.lastTime } : {}),
+  ...(s.lastIp !== undefined ? { lastIp: s.lastIp } : {}),
+});
 
 /** Has the file seen a later code than `stored` (the file's line then wins)? */
 export function fileIsAhead(token: TokenLine, stored: StoredState, maxOffset: number): boolean {

@@ -6,6 +6,7 @@ import { endLinger, isLocked, motpPin, type Policy, type TokenState } from './de
 import { lingerActive } from './linger.js';
 import { codeAt, codesEqual, stepAt } from './otp.js';
 import { isHashedPin, looksHashed } from './pinHash.js';
+import { fileStateOf, lineStateOf } from './sharedState.js';
 import {
   layoutStoresFailures, lineState, nextEventCounter, parseUsersFile, sameLineState, tokenAt, withChangedLines,
   type LineState, type TokenLine, type UsersFileModel,
@@ -92,20 +93,9 @@ export function changeLines(
   return withChangedLines(model, changes);
 }
 
-const stateOf = (token: TokenLine, s: LineState): TokenState => ({
-  spec: token, counter: s.counter, failures: s.failures, lastOtp: s.lastOtp, lastTime: s.lastTime, lastIp: s.lastIp,
-});
-
-const fileState = (s: TokenState): LineState => ({
-  counter: s.counter, failures: s.failures,
-  ...(s.lastOtp !== undefined ? { lastOtp: s.lastOtp } : {}),
-  ...(s.lastTime !== undefined ? { lastTime: s.lastTime } : {}),
-  ...(s.lastIp !== undefined ? { lastIp: s.lastIp } : {}),
-});
-
 /** A logout as the gateway's logout path does it (decision.ts endLinger), in the file's terms. */
 export function loggedOut(token: TokenLine, s: LineState, maxOffset: number): LineState {
-  return fileState(endLinger(stateOf(token, s), maxOffset));
+  return lineStateOf(endLinger(fileStateOf(token, s), maxOffset));
 }
 
 /** Failure count back to 0 (where the layout keeps one). */
@@ -141,7 +131,7 @@ export function userRows(model: UsersFileModel, now: number, policy: Policy, onl
     if (entry.kind !== 'token' || (only !== undefined && entry.token.login !== only)) return;
     const t = entry.token;
     const stores = layoutStoresFailures(t);
-    const s: TokenState = { ...stateOf(t, lineState(t)), lockedAt: undefined };
+    const s: TokenState = { ...fileStateOf(t), lockedAt: undefined };
     rows.push({
       login: t.login, line: i + 1, type: t.typeText, counter: t.counter,
       failures: stores ? (t.failures ?? 0) : undefined, pin: pinKind(t.pin),

@@ -100,6 +100,10 @@ export function hashedTokensOf(model: UsersFileModel, lines: readonly number[]):
   return hashed;
 }
 
+/** A verdict as the gateway's answer. */
+export const outcomeOf = (v: Verdict): Outcome =>
+  (v.counted ? { granted: v.granted, reason: v.reason, counted: true } : { granted: v.granted, reason: v.reason });
+
 export const LINGER: Outcome = Object.freeze({ granted: true, reason: 'linger' });
 export const UNAVAILABLE: Outcome = Object.freeze({ granted: false, reason: 'unknown_user', unavailable: true });
 
@@ -553,14 +557,14 @@ export class UsersFile implements UserStore {
         this.touch(t, s);
         if (s.lastOtp !== undefined) this.lingers.set(lingerKey, { token: tokenKey(t), otp: s.lastOtp });
       }
-      return this.outcome(verdict);
+      return outcomeOf(verdict);
     }
     if (!verdict.granted && verdict.reason !== 'logout') {
       if (verdict.reason === 'locked') decoyCheck(password, this.policy); // the work a check would have cost
       if (verdict.changes.size > 0) {
         this.enqueue({ ...request, usualIp: usual, answered: true, resolve: ignoreOutcome });
       }
-      return this.outcome(verdict);
+      return outcomeOf(verdict);
     }
     return new Promise<Outcome>((resolve) => this.enqueue({ ...request, usualIp: usual, answered: false, resolve }));
   }
@@ -635,10 +639,6 @@ export class UsersFile implements UserStore {
     this.closed = true;
     if (this.poller) clearInterval(this.poller);
     await this.flush();
-  }
-
-  private outcome(v: Verdict): Outcome {
-    return v.counted ? { granted: v.granted, reason: v.reason, counted: true } : { granted: v.granted, reason: v.reason };
   }
 
   private reportProblems(model: UsersFileModel): UsersFileModel {
@@ -872,7 +872,7 @@ export class UsersFile implements UserStore {
       const line = verdict.line === undefined ? undefined : lines[verdict.line];
       const otp = verdict.line === undefined ? undefined : verdict.changes.get(verdict.line)?.lastOtp;
       if (verdict.granted && line !== undefined && otp !== undefined) hints.set(p, { token: tokenKey(tokenAt(model, line)), otp });
-      return this.outcome(verdict);
+      return outcomeOf(verdict);
     });
     return { model, draft, outcomes, hints };
   }
